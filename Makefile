@@ -1,0 +1,52 @@
+# ea_nb: `make reproduce` and `make test` are the two commands; both set up .venv on first use.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.ea_nb-installed
+SCALE ?= cpu
+# pytest workers: notebooks and smoke runs are independent, so use every core
+WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
+
+.PHONY: install test reproduce docs sync-check lab readme clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -r requirements.txt
+	$(BIN)/python -m pip install -q --no-deps -e .
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (ea_nb)" >/dev/null
+	@touch $(STAMP)
+
+# nbdev-export and nbdev-clean must leave the tree as it was: notebooks and ea_nb/ agree, notebooks are clean
+sync-check: install
+	@before=$$(git status --porcelain -uall; git diff); \
+	PATH="$(CURDIR)/$(BIN):$$PATH" nbdev-export && PATH="$(CURDIR)/$(BIN):$$PATH" nbdev-clean; \
+	after=$$(git status --porcelain -uall; git diff); \
+	if [ "$$before" != "$$after" ]; then \
+	  echo "nbdev-export/nbdev-clean changed the tree: export and clean the notebooks, then commit:"; \
+	  git status --short; exit 1; fi; \
+	echo "sync-check: notebooks and ea_nb/ agree, notebooks are clean"
+
+docs: install
+	rm -rf _proc
+	PATH="$(CURDIR)/$(BIN):$$PATH" nbdev-proc-nbs
+	$(BIN)/smalldocs render --quiet _proc
+	@echo "site: _proc/_docs/index.html"
+
+test: sync-check docs
+	$(BIN)/python -m pytest -n $(WORKERS) --dist loadgroup
+
+reproduce: install
+	$(BIN)/ea-nb reproduce --scale $(SCALE)
+	$(BIN)/ea-nb results
+
+readme: install
+	$(BIN)/ea-nb readme
+
+lab: install
+	$(BIN)/jupyter lab nbs
+
+clean:
+	rm -rf _proc runs/*_tiny
