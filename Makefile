@@ -31,6 +31,7 @@ sync-check: install
 
 docs: install
 	rm -rf _proc
+	@# nbdev-proc-nbs looks for Quarto and says it cannot install it; smalldocs renders the same project without it
 	PATH="$(CURDIR)/$(BIN):$$PATH" nbdev-proc-nbs
 	$(BIN)/smalldocs render --quiet _proc
 	@echo "site: _proc/_docs/index.html"
