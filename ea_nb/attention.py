@@ -9,18 +9,18 @@ __all__ = ['self_attention_ref', 'external_attention_ref', 'double_norm', 'check
            'external_attention2d_ref', 'ExternalAttention2d', 'multihead_external_attention_ref',
            'MultiHeadExternalAttention', 'SelfAttention', 'position_attention_ref', 'SelfAttention2d']
 
-# %% ../nbs/00_attention.ipynb #a3e4d73d
+# %% ../nbs/00_attention.ipynb #4d7d3f82
 import math
 import torch, torch.nn as nn, torch.nn.functional as F
 
-# %% ../nbs/00_attention.ipynb #6d0b946a
+# %% ../nbs/00_attention.ipynb #43bcbe1b
 def self_attention_ref(q, k, v):
     "softmax(Q Kᵀ/√d) V, written from the equation: (..., N, d) -> (..., N, d_v)"
     a = torch.einsum('...nd,...md->...nm', q, k) / math.sqrt(q.shape[-1])  # (..., N, N)
     a = a.softmax(dim=-1)                                                   # each query's row sums to 1
     return torch.einsum('...nm,...me->...ne', a, v)                         # (..., N, d_v)
 
-# %% ../nbs/00_attention.ipynb #174a6fbb
+# %% ../nbs/00_attention.ipynb #2baba164
 def external_attention_ref(x, mk, mv, eps=1e-9):
     "DoubleNorm(F M_kᵀ) M_v, written from the equations: x (B, N, d), mk and mv (S, d) -> (B, N, d)"
     a = torch.einsum('bnd,sd->bns', x, mk)        # α̃ = F M_kᵀ              (B, N, S)
@@ -28,13 +28,13 @@ def external_attention_ref(x, mk, mv, eps=1e-9):
     a = a / (eps + a.sum(dim=2, keepdim=True))    # α: ℓ1 over memory S      (each token row sums to 1)
     return torch.einsum('bns,sd->bnd', a, mv)     # F_out = α M_v            (B, N, d)
 
-# %% ../nbs/00_attention.ipynb #2e31965a
+# %% ../nbs/00_attention.ipynb #cccf9bb6
 def double_norm(attn, token_dim:int=-2, memory_dim:int=-1, eps:float=1e-9):
     "Softmax over the token axis, then ℓ1 over the memory axis (the paper's double normalisation)"
     attn = attn.softmax(dim=token_dim)                            # α̂: columns over N sum to 1
     return attn / (eps + attn.sum(dim=memory_dim, keepdim=True))  # α: rows over S sum to 1
 
-# %% ../nbs/00_attention.ipynb #325c151a
+# %% ../nbs/00_attention.ipynb #a51c276d
 _LAYOUTS = {'BNC': '(B, N, C) tokens', 'BCHW': '(B, C, H, W) feature map'}
 _FIXES = {('BNC', 4): 'flatten a feature map with x.flatten(2).transpose(1, 2), or use the 2-D module',
           ('BCHW', 3): 'reshape tokens with x.transpose(1, 2).reshape(B, C, H, W), or use the token module'}
@@ -50,7 +50,7 @@ def check_input(x, layout:str, channels:int):
     if n == 0: raise ValueError(f"expected {want} and N ≥ 1 tokens, got shape {shape} (N=0): attention needs at least one token")
     return x
 
-# %% ../nbs/00_attention.ipynb #6a925243
+# %% ../nbs/00_attention.ipynb #b05df3d8
 def _timm_kwargs(name:str, qk_norm=False, scale_norm=False, gated=False, device=None, dtype=None, **unused):
     "Check timm `attn_layer` kwargs that `name` cannot honour; return the factory kwargs (device, dtype)"
     for k, v in dict(qk_norm=qk_norm, scale_norm=scale_norm, gated=gated).items():
@@ -62,7 +62,7 @@ def _no_mask(name:str, attn_mask, is_causal):
         raise ValueError(f"{name} attends to a learned memory, not to other tokens, so it cannot apply a mask: "
                          f"got attn_mask={'a tensor' if attn_mask is not None else None}, is_causal={is_causal}; pass neither")
 
-# %% ../nbs/00_attention.ipynb #53fd9c5e
+# %% ../nbs/00_attention.ipynb #b9d33723
 class ExternalAttention(nn.Module):
     "Attention of N tokens over `S` learned memory slots (paper Algorithm 1): O(N·S·C), not O(N²·C)"
     def __init__(self,
@@ -91,7 +91,7 @@ class ExternalAttention(nn.Module):
         a = double_norm(self.linear_0(self.q_linear(x)), token_dim=1, memory_dim=2, eps=self.eps)  # (B, N, S)
         return self.proj_drop(self.proj(self.linear_1(self.attn_drop(a))))                        # (B, N, C)
 
-# %% ../nbs/00_attention.ipynb #e0534727
+# %% ../nbs/00_attention.ipynb #1890e42f
 def external_attention2d_ref(x, w1, b1, mk, mv, w2, norm, eps=1e-9):
     "The EANet block from its equations: x (B, C, H, W); w1, w2 (C, C); mk, mv (S, C); `norm` the BatchNorm"
     B, C, H, W = x.shape
@@ -102,7 +102,7 @@ def external_attention2d_ref(x, w1, b1, mk, mv, w2, norm, eps=1e-9):
     f = torch.einsum('bsn,sc->bcn', a, mv).reshape(B, C, H, W)          # α M_v
     return F.relu(norm(torch.einsum('bchw,oc->bohw', f, w2)) + x)       # 1×1 conv, BN, + identity, ReLU
 
-# %% ../nbs/00_attention.ipynb #3a188cb7
+# %% ../nbs/00_attention.ipynb #fffacd60
 class ExternalAttention2d(nn.Module):
     "The EANet external-attention block on (B, C, H, W) feature maps, as in the official code"
     def __init__(self,
@@ -144,7 +144,7 @@ class ExternalAttention2d(nn.Module):
         x = self.conv2(self.linear_1(a).reshape(B, C, H, W))                     # (B, C, H, W)
         return F.relu(x + idn)
 
-# %% ../nbs/00_attention.ipynb #dae941f9
+# %% ../nbs/00_attention.ipynb #f4edbb97
 def multihead_external_attention_ref(x, wq, bq, mk, bk, mv, bv, wo, bo, heads:int, eps=1e-9):
     "Paper Algorithm 2 from its equations: x (B, N, C); wq (coef·C, C); mk, mv (S, d); wo (C, coef·C) -> (B, N, C)"
     B, N, _ = x.shape
@@ -157,7 +157,7 @@ def multihead_external_attention_ref(x, wq, bq, mk, bk, mv, bv, wo, bo, heads:in
     o = o.transpose(1, 2).reshape(B, N, -1)                      # merge heads          (B, N, coef·C)
     return torch.einsum('bne,ce->bnc', o, wo) + bo               # output projection    (B, N, C)
 
-# %% ../nbs/00_attention.ipynb #1fdb473f
+# %% ../nbs/00_attention.ipynb #35f724ec
 class MultiHeadExternalAttention(nn.Module):
     "Multi-head external attention (paper Algorithm 2, EAMLP): coef·num_heads heads share one memory pair"
     def __init__(self,
@@ -192,7 +192,7 @@ class MultiHeadExternalAttention(nn.Module):
         x = self.linear_1(a).transpose(1, 2).reshape(B, N, -1)                          # (B, N, coef·C)
         return self.proj_drop(self.proj(x))
 
-# %% ../nbs/00_attention.ipynb #fd341728
+# %% ../nbs/00_attention.ipynb #c34c41c5
 class SelfAttention(nn.Module):
     "Multi-head self-attention (ViT/timm layout) through `F.scaled_dot_product_attention`: O(N²·C)"
     def __init__(self,
@@ -218,7 +218,7 @@ class SelfAttention(nn.Module):
                                            dropout_p=self.attn_drop if self.training else 0.)
         return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, C)))
 
-# %% ../nbs/00_attention.ipynb #55fa9c25
+# %% ../nbs/00_attention.ipynb #6c2494de
 def position_attention_ref(x, wq, bq, wk, bk, wv, bv, gamma):
     "DANet position attention from its equations: x (B, C, H, W); wq, wk (C', C); wv (C, C) -> (B, C, H, W)"
     B, C, H, W = x.shape
@@ -229,7 +229,7 @@ def position_attention_ref(x, wq, bq, wk, bk, wv, bv, gamma):
     a = torch.einsum('bci,bcj->bij', q, k).softmax(dim=-1)           # A = softmax(QᵀK) over positions j  (B, N, N)
     return gamma * torch.einsum('bcj,bij->bci', v, a).reshape(B, C, H, W) + x
 
-# %% ../nbs/00_attention.ipynb #14fd4ea8
+# %% ../nbs/00_attention.ipynb #a7de35a2
 class SelfAttention2d(nn.Module):
     "Self-attention over the H·W positions of a feature map: DANet's position attention module, O(N²·C)"
     def __init__(self,
