@@ -30,9 +30,12 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 # %% ../nbs/02_data.ipynb #075808bd
-import torch_geometric.transforms as T
-from torch_geometric.data import Data
-from torch_geometric.datasets import ModelNet, ShapeNet
+import warnings
+with warnings.catch_warnings():
+    warnings.filterwarnings('ignore', message='.*torch.jit.script.*', category=FutureWarning)
+    import torch_geometric.transforms as T
+    from torch_geometric.data import Data
+    from torch_geometric.datasets import ModelNet, ShapeNet
 
 # %% ../nbs/02_data.ipynb #9bb1d3ca
 class DatasetNotFoundError(FileNotFoundError):
