@@ -8,13 +8,13 @@ Docs: https://ea-nb.github.io/ea-nb/cli.html.md"""
 __all__ = ['SCALES', 'TASKS', 'project_root', 'load_manifest', 'scale_params', 'check_params', 'run_dir', 'run_experiment',
            'reproduce', 'run_results', 'readme_text', 'main']
 
-# %% ../nbs/04_cli.ipynb #56a9719e
+# %% ../nbs/04_cli.ipynb #5be661c8
 import argparse, importlib, json, shlex, subprocess, sys, time
 from pathlib import Path
 import yaml
 from .core import save_json, load_json
 
-# %% ../nbs/04_cli.ipynb #ce197564
+# %% ../nbs/04_cli.ipynb #602bb376
 SCALES = ('tiny', 'cpu', 'full')
 
 def project_root(start=None) -> Path:
@@ -24,7 +24,7 @@ def project_root(start=None) -> Path:
         if (d/'pyproject.toml').exists() and (d/'experiments').is_dir(): return d
     raise FileNotFoundError(f"no ea_nb checkout (pyproject.toml beside experiments/) above {p}; run from the repo")
 
-# %% ../nbs/04_cli.ipynb #0f29139a
+# %% ../nbs/04_cli.ipynb #82a43522
 def load_manifest(root=None) -> dict:
     "The experiments of `root`/experiments/manifest.yaml, each checked to name a notebook and the three scales"
     root = Path(root or project_root())
@@ -37,7 +37,7 @@ def load_manifest(root=None) -> dict:
         if not (root/'nbs'/e['notebook']).exists(): raise FileNotFoundError(f"{path}: entry {name!r} names nbs/{e['notebook']}, which does not exist")
     return m
 
-# %% ../nbs/04_cli.ipynb #dc3cdffd
+# %% ../nbs/04_cli.ipynb #d0522a26
 def scale_params(entry:dict, scale:str, root=None) -> dict:
     "The parameters of manifest `entry` at `scale` ('tiny', 'cpu' or 'full')"
     if scale not in SCALES: raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
@@ -49,7 +49,7 @@ def scale_params(entry:dict, scale:str, root=None) -> dict:
     if not isinstance(p, dict): raise ValueError(f"the {scale} parameters must be a mapping or a YAML file name, got {p!r}")
     return dict(p)
 
-# %% ../nbs/04_cli.ipynb #6b3dce3f
+# %% ../nbs/04_cli.ipynb #4522df1c
 def check_params(nb_path, params:dict) -> dict:
     "Raise if `params` names a key the parameters cell of `nb_path` does not define"
     import papermill as pm
@@ -59,12 +59,12 @@ def check_params(nb_path, params:dict) -> dict:
     if bad: raise ValueError(f"unknown parameter(s) {bad} for {Path(nb_path).name}; allowed: {sorted(allowed)}")
     return params
 
-# %% ../nbs/04_cli.ipynb #1c1ca724
+# %% ../nbs/04_cli.ipynb #58c09d7d
 def run_dir(name:str, scale:str, runs_dir) -> Path:
     "Where the run of experiment `name` at `scale` writes: runs/<name> at cpu scale, runs/<name>_<scale> otherwise"
     return Path(runs_dir)/(name if scale == 'cpu' else f'{name}_{scale}')
 
-# %% ../nbs/04_cli.ipynb #a852889c
+# %% ../nbs/04_cli.ipynb #7f661756
 def run_experiment(name:str, scale:str='cpu', runs_dir=None, overrides:dict|None=None, root=None,
                    log_output:bool=False, progress_bar:bool=False) -> dict:
     "Execute experiment `name` of the manifest at `scale` through papermill; return its metrics"
@@ -89,7 +89,7 @@ def run_experiment(name:str, scale:str='cpu', runs_dir=None, overrides:dict|None
                    command=f'ea-nb reproduce --scale {scale} --only {name} {sets}'.strip()), out/'run.json')
     return load_json(out/'metrics.json')
 
-# %% ../nbs/04_cli.ipynb #b95d6d4d
+# %% ../nbs/04_cli.ipynb #af39f09e
 def reproduce(scale:str='cpu', only:list|None=None, runs_dir=None, root=None, overrides:dict|None=None, log_output:bool=False) -> dict:
     "Run the manifest's experiments at `scale`; return {name: metrics}, raising at the end if any failed"
     m = load_manifest(root)
@@ -105,7 +105,7 @@ def reproduce(scale:str='cpu', only:list|None=None, runs_dir=None, root=None, ov
     if failed: raise RuntimeError('\n'.join(f'{n}: {e}' for n, e in failed.items()))
     return res
 
-# %% ../nbs/04_cli.ipynb #9720580b
+# %% ../nbs/04_cli.ipynb #038472f8
 def run_results(root=None, nb_name:str='90_results.ipynb') -> Path:
     "Copy the figures entries `publish` to nbs/images/, execute the results notebook in place and clean it"
     import papermill as pm, shutil
@@ -121,7 +121,7 @@ def run_results(root=None, nb_name:str='90_results.ipynb') -> Path:
     nbdev_clean(str(nb))
     return nb
 
-# %% ../nbs/04_cli.ipynb #dde8dd2b
+# %% ../nbs/04_cli.ipynb #43dd6c3e
 def readme_text(index_nb=None) -> str:
     "README.md's text, made from `index_nb` (default: the project's nbs/index.ipynb)"
     import nbformat
@@ -137,8 +137,8 @@ def readme_text(index_nb=None) -> str:
             if text.strip(): parts.append(f'```\n{text.rstrip()}\n```')
     return '<!-- made from nbs/index.ipynb by `ea-nb readme`: edit the notebook, not this file -->\n\n' + '\n\n'.join(parts) + '\n'
 
-# %% ../nbs/04_cli.ipynb #d34f1f67
-TASKS = {'digits': 'ea_nb.train:train_digits'}
+# %% ../nbs/04_cli.ipynb #6c69fbdd
+TASKS = {'digits': 'ea_nb.train:train_digits', 'pointcloud': 'ea_nb.pointcloud:train_pointcloud'}
 
 def _task(name):
     if name not in TASKS: raise SystemExit(f"ea-nb train: unknown task {name!r}; choose from {sorted(TASKS)}")
@@ -153,7 +153,7 @@ def _sets(pairs) -> dict:
         k, v = p.split('=', 1); out[k.strip()] = yaml.safe_load(v)
     return out
 
-# %% ../nbs/04_cli.ipynb #1f1c4ee1
+# %% ../nbs/04_cli.ipynb #6cee97aa
 def _parser():
     p = argparse.ArgumentParser(prog='ea-nb', description='ea_nb: external attention, derived and reproduced. '
         'Runs the experiments of experiments/manifest.yaml and the training tasks.')
@@ -173,7 +173,7 @@ def _parser():
     t.add_argument('--set', nargs='+', default=[], metavar='KEY=VALUE', help='override config values')
     return p
 
-# %% ../nbs/04_cli.ipynb #cdedd034
+# %% ../nbs/04_cli.ipynb #68ed19cf
 def main(argv=None):
     "Entry point of the `ea-nb` console script"
     a = _parser().parse_args(argv)
@@ -196,6 +196,6 @@ def main(argv=None):
         res = fn(**cfg)
         if isinstance(res, dict): print(json.dumps(res, indent=1, default=str))
 
-# %% ../nbs/04_cli.ipynb #e3a0bc9f
+# %% ../nbs/04_cli.ipynb #26875a13
 import builtins
 if __name__ == '__main__' and not hasattr(builtins, '__IPYTHON__'): main()
