@@ -12,6 +12,7 @@ __all__ = ['self_attention_ref', 'external_attention_ref', 'double_norm', 'check
 # %% ../nbs/00_attention.ipynb #4d7d3f82
 import math
 import torch, torch.nn as nn, torch.nn.functional as F
+from .fast import external_attention, external_attention2d, multihead_external_attention, mhea_weights
 
 # %% ../nbs/00_attention.ipynb #43bcbe1b
 def self_attention_ref(q, k, v):
@@ -88,8 +89,10 @@ class ExternalAttention(nn.Module):
     def forward(self, x, attn_mask=None, is_causal=False):  # x: (B, N, C)
         _no_mask(type(self).__name__, attn_mask, is_causal)
         check_input(x, 'BNC', self.dim)
-        a = double_norm(self.linear_0(self.q_linear(x)), token_dim=1, memory_dim=2, eps=self.eps)  # (B, N, S)
-        return self.proj_drop(self.proj(self.linear_1(self.attn_drop(a))))                        # (B, N, C)
+        # = proj(linear_1(attn_drop(double_norm(linear_0(q_linear(x)), token_dim=1, memory_dim=2)))), by a fast path (05_fast)
+        lin = lambda l: (l.weight, l.bias) if isinstance(l, nn.Linear) else (None, None)
+        return self.proj_drop(external_attention(x, self.linear_0.weight, self.linear_1.weight, self.linear_1.bias,
+            *lin(self.q_linear), *lin(self.proj), eps=self.eps, attn_drop=self.attn_drop.p, training=self.training))
 
 # %% ../nbs/00_attention.ipynb #1890e42f
 def external_attention2d_ref(x, w1, b1, mk, mv, w2, norm, eps=1e-9):
@@ -138,11 +141,9 @@ class ExternalAttention2d(nn.Module):
 
     def forward(self, x):  # x: (B, C, H, W)
         check_input(x, 'BCHW', self.channels)
-        idn, (B, C, H, W) = x, x.shape
-        a = self.linear_0(self.conv1(x).reshape(B, C, H*W))                      # (B, S, N)
-        a = double_norm(a, token_dim=2, memory_dim=1, eps=self.eps)              # softmax over N, ℓ1 over S
-        x = self.conv2(self.linear_1(a).reshape(B, C, H, W))                     # (B, C, H, W)
-        return F.relu(x + idn)
+        # a = linear_0(conv1(x)) (B, S, N) → softmax over N, ℓ1 over S → relu(conv2(linear_1(a)) + x), by a fast path (05_fast)
+        return external_attention2d(x, self.conv1.weight, self.conv1.bias, self.linear_0.weight, self.linear_1.weight,
+                                    self.conv2[0].weight, self.conv2[1], eps=self.eps)
 
 # %% ../nbs/00_attention.ipynb #f4edbb97
 def multihead_external_attention_ref(x, wq, bq, mk, bk, mv, bv, wo, bo, heads:int, eps=1e-9):
@@ -186,11 +187,11 @@ class MultiHeadExternalAttention(nn.Module):
 
     def forward(self, x, attn_mask=None, is_causal=False):  # x: (B, N, C)
         _no_mask(type(self).__name__, attn_mask, is_causal)
-        B, N, _ = check_input(x, 'BNC', self.dim).shape
-        q = self.trans_dims(x).reshape(B, N, self.num_heads, -1).transpose(1, 2)        # (B, H, N, d)
-        a = self.attn_drop(double_norm(self.linear_0(q), token_dim=2, memory_dim=3, eps=self.eps))  # (B, H, N, S)
-        x = self.linear_1(a).transpose(1, 2).reshape(B, N, -1)                          # (B, N, coef·C)
-        return self.proj_drop(self.proj(x))
+        check_input(x, 'BNC', self.dim)
+        # q = trans_dims(x) as (B, H, N, d); a = attn_drop(double_norm(linear_0(q))) (B, H, N, S) over N then S;
+        # proj(linear_1(a) merged to (B, N, coef·C)): computed without head permutes by a fast path (05_fast)
+        return self.proj_drop(multihead_external_attention(x, *mhea_weights(self), self.num_heads, self.eps,
+                                                           self.attn_drop.p, self.training))
 
 # %% ../nbs/00_attention.ipynb #c34c41c5
 class SelfAttention(nn.Module):
