@@ -72,13 +72,14 @@ class ExternalAttention(nn.Module):
         attn_drop:float=0.,   # dropout on the attention map
         proj_drop:float=0.,   # dropout on the output
         eps:float=1e-9,       # keeps the ℓ1 step finite
+        fold='auto',          # fold adjacent linear layers into the memories at run time (05_fast): True, False, 'auto'
         query:bool=False,     # add a query Linear(dim, dim) before M_k
         proj:bool=False,      # add an output projection Linear(dim, dim) after M_v
         mv_bias:bool=False,   # give M_v a bias (the EAMLP tokens-to-token layers do)
         **kwargs):            # other timm `attn_layer` kwargs (num_heads, qkv_bias, ...): accepted, unused
         super().__init__()
         dd = _timm_kwargs(type(self).__name__, **kwargs)
-        self.dim, self.eps = dim, eps
+        self.dim, self.eps, self.fold = dim, eps, fold
         self.q_linear = nn.Linear(dim, dim, **dd) if query else nn.Identity()
         self.linear_0 = nn.Linear(dim, S, bias=False, **dd)      # M_k
         self.linear_1 = nn.Linear(S, dim, bias=mv_bias, **dd)    # M_v
@@ -92,7 +93,7 @@ class ExternalAttention(nn.Module):
         # = proj(linear_1(attn_drop(double_norm(linear_0(q_linear(x)), token_dim=1, memory_dim=2)))), by a fast path (05_fast)
         lin = lambda l: (l.weight, l.bias) if isinstance(l, nn.Linear) else (None, None)
         return self.proj_drop(external_attention(x, self.linear_0.weight, self.linear_1.weight, self.linear_1.bias,
-            *lin(self.q_linear), *lin(self.proj), eps=self.eps, attn_drop=self.attn_drop.p, training=self.training))
+            *lin(self.q_linear), *lin(self.proj), eps=self.eps, attn_drop=self.attn_drop.p, training=self.training, fold=self.fold))
 
 # %% ../nbs/00_attention.ipynb #1890e42f
 def external_attention2d_ref(x, w1, b1, mk, mv, w2, norm, eps=1e-9):
@@ -113,9 +114,10 @@ class ExternalAttention2d(nn.Module):
         S:int=64,                    # memory slots
         tie_memories:bool=False,     # True: M_v shares storage with M_kᵀ for the whole training (the official code)
         eps:float=1e-9,              # keeps the ℓ1 step finite
+        fold='auto',                 # fold conv1 into M_k and conv2 into M_v at run time (05_fast): True, False, 'auto'
         norm_layer=nn.BatchNorm2d):  # norm after the last 1×1 conv (official: synchronised BN)
         super().__init__()
-        self.channels, self.eps, self.tie_memories = channels, eps, tie_memories
+        self.channels, self.eps, self.tie_memories, self.fold = channels, eps, tie_memories, fold
         self.conv1 = nn.Conv2d(channels, channels, 1)
         self.linear_0 = nn.Conv1d(channels, S, 1, bias=False)     # M_k
         self.linear_1 = nn.Conv1d(S, channels, 1, bias=False)     # M_v
@@ -143,7 +145,7 @@ class ExternalAttention2d(nn.Module):
         check_input(x, 'BCHW', self.channels)
         # a = linear_0(conv1(x)) (B, S, N) → softmax over N, ℓ1 over S → relu(conv2(linear_1(a)) + x), by a fast path (05_fast)
         return external_attention2d(x, self.conv1.weight, self.conv1.bias, self.linear_0.weight, self.linear_1.weight,
-                                    self.conv2[0].weight, self.conv2[1], eps=self.eps)
+                                    self.conv2[0].weight, self.conv2[1], eps=self.eps, fold=self.fold)
 
 # %% ../nbs/00_attention.ipynb #f4edbb97
 def multihead_external_attention_ref(x, wq, bq, mk, bk, mv, bv, wo, bo, heads:int, eps=1e-9):
@@ -172,11 +174,12 @@ class MultiHeadExternalAttention(nn.Module):
         S:int=64,               # memory slots
         eps:float=1e-9,         # keeps the ℓ1 step finite
         proj_bias:bool=True,    # bias of the output projection (timm passes it)
+        fold='auto',            # fold trans_dims into M_k and M_v into proj at run time (05_fast): True, False, 'auto'
         **kwargs):              # other timm `attn_layer` kwargs: accepted, unused
         super().__init__()
         if dim % num_heads: raise ValueError(f"dim must be divisible by num_heads: got dim={dim}, num_heads={num_heads}")
         dd = _timm_kwargs(type(self).__name__, **kwargs)
-        self.dim, self.eps, self.num_heads = dim, eps, coef * num_heads          # H = coef·num_heads
+        self.dim, self.eps, self.num_heads, self.fold = dim, eps, coef * num_heads, fold         # H = coef·num_heads
         head_dim = dim // num_heads                                             # = coef·dim / H
         self.trans_dims = nn.Linear(dim, coef * dim, **dd)                      # query linear
         self.linear_0 = nn.Linear(head_dim, S, **dd)                            # M_k, shared by all heads
@@ -191,7 +194,7 @@ class MultiHeadExternalAttention(nn.Module):
         # q = trans_dims(x) as (B, H, N, d); a = attn_drop(double_norm(linear_0(q))) (B, H, N, S) over N then S;
         # proj(linear_1(a) merged to (B, N, coef·C)): computed without head permutes by a fast path (05_fast)
         return self.proj_drop(multihead_external_attention(x, *mhea_weights(self), self.num_heads, self.eps,
-                                                           self.attn_drop.p, self.training))
+                                                           self.attn_drop.p, self.training, fold=self.fold))
 
 # %% ../nbs/00_attention.ipynb #c34c41c5
 class SelfAttention(nn.Module):

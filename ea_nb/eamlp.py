@@ -319,12 +319,15 @@ def ea_attention(model:EAMLP,    # an EAMLP with mixer='ea'
                  layer:int=-1):  # which backbone block
     "The double-normalised attention map of one EA block: (B, heads, N, S), token 0 is the cls token"
     if model.mixer != 'ea': raise TypeError(f"ea_attention needs an external-attention model (mixer='ea'), got mixer={model.mixer!r}")
-    maps = []
-    h = model.blocks[layer].attn.attn_drop.register_forward_hook(lambda mod, inp, out: maps.append(inp[0].detach()))
+    attn, xs = model.blocks[layer].attn, []
+    h = attn.register_forward_pre_hook(lambda mod, args: xs.append(args[0].detach()))  # the block's normed tokens
     try:
         with torch.no_grad(): model.eval()(x)
     finally: h.remove()
-    return maps[0]
+    B, N, _ = xs[0].shape
+    with torch.no_grad():  # the map the fast path never materialises, written out as in Algorithm 2
+        q = attn.trans_dims(xs[0]).reshape(B, N, attn.num_heads, -1).transpose(1, 2)     # (B, H, N, d)
+        return double_norm(attn.linear_0(q), token_dim=2, memory_dim=3, eps=attn.eps)    # (B, H, N, S)
 
 def patch_maps(a,           # (B, heads, N, S) attention, cls token first
                grid:int):   # side of the patch grid
