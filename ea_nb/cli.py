@@ -6,15 +6,15 @@ Docs: https://ea-nb.github.io/ea-nb/cli.html.md"""
 
 # %% auto #0
 __all__ = ['SCALES', 'TASKS', 'project_root', 'load_manifest', 'scale_params', 'check_params', 'run_dir', 'run_experiment',
-           'reproduce', 'run_results', 'readme_text', 'main']
+           'reproduce', 'adopt_outputs', 'run_results', 'readme_text', 'main']
 
-# %% ../nbs/04_cli.ipynb #3ac2d029
+# %% ../nbs/04_cli.ipynb #ceab34e8
 import argparse, importlib, json, shlex, subprocess, sys, time
 from pathlib import Path
 import yaml
 from .core import save_json, load_json
 
-# %% ../nbs/04_cli.ipynb #6d0a6981
+# %% ../nbs/04_cli.ipynb #c08efed9
 SCALES = ('tiny', 'cpu', 'full')
 
 def project_root(start=None) -> Path:
@@ -24,7 +24,7 @@ def project_root(start=None) -> Path:
         if (d/'pyproject.toml').exists() and (d/'experiments').is_dir(): return d
     raise FileNotFoundError(f"no ea_nb checkout (pyproject.toml beside experiments/) above {p}; run from the repo")
 
-# %% ../nbs/04_cli.ipynb #f484fbc0
+# %% ../nbs/04_cli.ipynb #0221867e
 def load_manifest(root=None) -> dict:
     "The experiments of `root`/experiments/manifest.yaml, each checked to name a notebook and the three scales"
     root = Path(root or project_root())
@@ -37,7 +37,7 @@ def load_manifest(root=None) -> dict:
         if not (root/'nbs'/e['notebook']).exists(): raise FileNotFoundError(f"{path}: entry {name!r} names nbs/{e['notebook']}, which does not exist")
     return m
 
-# %% ../nbs/04_cli.ipynb #c498a2bd
+# %% ../nbs/04_cli.ipynb #10db1a5e
 def scale_params(entry:dict, scale:str, root=None) -> dict:
     "The parameters of manifest `entry` at `scale` ('tiny', 'cpu' or 'full')"
     if scale not in SCALES: raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
@@ -49,7 +49,7 @@ def scale_params(entry:dict, scale:str, root=None) -> dict:
     if not isinstance(p, dict): raise ValueError(f"the {scale} parameters must be a mapping or a YAML file name, got {p!r}")
     return dict(p)
 
-# %% ../nbs/04_cli.ipynb #de27f919
+# %% ../nbs/04_cli.ipynb #e91cd3a1
 def check_params(nb_path, params:dict) -> dict:
     "Raise if `params` names a key the parameters cell of `nb_path` does not define"
     import papermill as pm
@@ -59,12 +59,12 @@ def check_params(nb_path, params:dict) -> dict:
     if bad: raise ValueError(f"unknown parameter(s) {bad} for {Path(nb_path).name}; allowed: {sorted(allowed)}")
     return params
 
-# %% ../nbs/04_cli.ipynb #2bcab5e9
+# %% ../nbs/04_cli.ipynb #88936829
 def run_dir(name:str, scale:str, runs_dir) -> Path:
     "Where the run of experiment `name` at `scale` writes: runs/<name> at cpu scale, runs/<name>_<scale> otherwise"
     return Path(runs_dir)/(name if scale == 'cpu' else f'{name}_{scale}')
 
-# %% ../nbs/04_cli.ipynb #fa18a4b7
+# %% ../nbs/04_cli.ipynb #3bf59099
 def run_experiment(name:str, scale:str='cpu', runs_dir=None, overrides:dict|None=None, root=None,
                    log_output:bool=False, progress_bar:bool=False) -> dict:
     "Execute experiment `name` of the manifest at `scale` through papermill; return its metrics"
@@ -89,7 +89,7 @@ def run_experiment(name:str, scale:str='cpu', runs_dir=None, overrides:dict|None
                    command=f'ea-nb reproduce --scale {scale} --only {name} {sets}'.strip()), out/'run.json')
     return load_json(out/'metrics.json')
 
-# %% ../nbs/04_cli.ipynb #a801c44f
+# %% ../nbs/04_cli.ipynb #778ade4a
 def reproduce(scale:str='cpu', only:list|None=None, runs_dir=None, root=None, overrides:dict|None=None, log_output:bool=False) -> dict:
     "Run the manifest's experiments at `scale`; return {name: metrics}, raising at the end if any failed"
     m = load_manifest(root)
@@ -105,23 +105,49 @@ def reproduce(scale:str='cpu', only:list|None=None, runs_dir=None, root=None, ov
     if failed: raise RuntimeError('\n'.join(f'{n}: {e}' for n, e in failed.items()))
     return res
 
-# %% ../nbs/04_cli.ipynb #b37beb34
+# %% ../nbs/04_cli.ipynb #a226126f
+def _small_png(b64:str) -> str:
+    "A PNG output re-encoded with a 256-colour palette when that is smaller (figures stay readable, the repo stays small)"
+    import base64, io
+    from PIL import Image
+    raw = base64.b64decode(b64); buf = io.BytesIO()
+    Image.open(io.BytesIO(raw)).convert('RGB').quantize(256).save(buf, 'PNG', optimize=True)
+    return base64.b64encode(buf.getvalue()).decode() if buf.tell() < len(raw) else b64
+
+def adopt_outputs(nb_path, executed_path) -> int:
+    "Copy the outputs of `executed_path` (a papermill run of `nb_path` at its defaults) into `nb_path`, cell by cell"
+    import nbformat
+    nb, ex = nbformat.read(str(nb_path), as_version=4), nbformat.read(str(executed_path), as_version=4)
+    done = {c.get('id'): c for c in ex.cells if c.cell_type == 'code'}
+    n = 0
+    for c in nb.cells:
+        if c.cell_type != 'code' or c.get('id') not in done or done[c.id].source != c.source: continue
+        c.outputs = done[c.id].outputs; n += 1
+        for o in c.outputs:
+            if 'image/png' in o.get('data', {}): o['data']['image/png'] = _small_png(o['data']['image/png'])
+    nbformat.write(nb, str(nb_path))
+    return n
+
+# %% ../nbs/04_cli.ipynb #4af60a7e
 def run_results(root=None, nb_name:str='90_results.ipynb') -> Path:
-    "Copy the figures entries `publish` to nbs/images/, execute the results notebook in place and clean it"
+    "Publish the cpu runs (figures to nbs/images/, outputs into the notebooks they ran), then execute the results notebook"
     import papermill as pm, shutil
     from nbdev.clean import nbdev_clean
     root = Path(root or project_root())
     for name, e in load_manifest(root).items():
+        d = root/'runs'/name
         for f in e.get('publish', []):
-            src = root/'runs'/name/f
-            if src.exists(): (root/'nbs'/'images').mkdir(exist_ok=True); shutil.copy(src, root/'nbs'/'images'/f)
+            if (d/f).exists(): (root/'nbs'/'images').mkdir(exist_ok=True); shutil.copy(d/f, root/'nbs'/'images'/f)
+        run = load_json(d/'run.json') if (d/'run.json').exists() else {}
+        if e['cpu'] == {} and set(run.get('parameters', {})) == {'out_dir'} and (d/'output.ipynb').exists():
+            adopt_outputs(root/'nbs'/e['notebook'], d/'output.ipynb'); nbdev_clean(str(root/'nbs'/e['notebook']))
     nb = root/'nbs'/nb_name
     if not nb.exists(): raise FileNotFoundError(f"{nb} is missing")
     pm.execute_notebook(str(nb), str(nb), cwd=str(nb.parent), kernel_name='python3', progress_bar=False)
-    nbdev_clean(str(nb))
+    adopt_outputs(nb, nb); nbdev_clean(str(nb))
     return nb
 
-# %% ../nbs/04_cli.ipynb #18ca8e3d
+# %% ../nbs/04_cli.ipynb #f0854715
 def readme_text(index_nb=None) -> str:
     "README.md's text, made from `index_nb` (default: the project's nbs/index.ipynb)"
     import nbformat
@@ -137,7 +163,7 @@ def readme_text(index_nb=None) -> str:
             if text.strip(): parts.append(f'```\n{text.rstrip()}\n```')
     return '<!-- made from nbs/index.ipynb by `ea-nb readme`: edit the notebook, not this file -->\n\n' + '\n\n'.join(parts) + '\n'
 
-# %% ../nbs/04_cli.ipynb #0b579542
+# %% ../nbs/04_cli.ipynb #892d8308
 TASKS = {'digits': 'ea_nb.train:train_digits', 'eamlp': 'ea_nb.eamlp:train_eamlp', 'eanet': 'ea_nb.eanet:train_eanet',
          'gan': 'ea_nb.gan:train_gan', 'pointcloud': 'ea_nb.pointcloud:train_pointcloud'}
 
@@ -154,7 +180,7 @@ def _sets(pairs) -> dict:
         k, v = p.split('=', 1); out[k.strip()] = yaml.safe_load(v)
     return out
 
-# %% ../nbs/04_cli.ipynb #3a4d9566
+# %% ../nbs/04_cli.ipynb #02d9dbff
 def _parser():
     p = argparse.ArgumentParser(prog='ea-nb', description='ea_nb: external attention, derived and reproduced. '
         'Runs the experiments of experiments/manifest.yaml and the training tasks.')
@@ -175,7 +201,7 @@ def _parser():
     t.add_argument('--set', nargs='+', default=[], metavar='KEY=VALUE', help='override config values')
     return p
 
-# %% ../nbs/04_cli.ipynb #8165379b
+# %% ../nbs/04_cli.ipynb #8a6186c3
 def main(argv=None):
     "Entry point of the `ea-nb` console script"
     a, rest = _parser().parse_known_args(argv)
@@ -202,6 +228,6 @@ def main(argv=None):
         res = fn(**cfg)
         if isinstance(res, dict): print(json.dumps(res, indent=1, default=str))
 
-# %% ../nbs/04_cli.ipynb #11b3bf01
+# %% ../nbs/04_cli.ipynb #91c24f5f
 import builtins
 if __name__ == '__main__' and not hasattr(builtins, '__IPYTHON__'): main()
