@@ -8,13 +8,13 @@ Docs: https://ea-nb.github.io/ea-nb/cli.html.md"""
 __all__ = ['SCALES', 'TASKS', 'project_root', 'load_manifest', 'scale_params', 'check_params', 'run_dir', 'run_experiment',
            'reproduce', 'adopt_outputs', 'run_results', 'readme_text', 'main']
 
-# %% ../nbs/04_cli.ipynb #ceab34e8
+# %% ../nbs/04_cli.ipynb #ca28c02b
 import argparse, importlib, json, shlex, subprocess, sys, time
 from pathlib import Path
 import yaml
 from .core import save_json, load_json
 
-# %% ../nbs/04_cli.ipynb #c08efed9
+# %% ../nbs/04_cli.ipynb #58a98940
 SCALES = ('tiny', 'cpu', 'full')
 
 def project_root(start=None) -> Path:
@@ -24,7 +24,7 @@ def project_root(start=None) -> Path:
         if (d/'pyproject.toml').exists() and (d/'experiments').is_dir(): return d
     raise FileNotFoundError(f"no ea_nb checkout (pyproject.toml beside experiments/) above {p}; run from the repo")
 
-# %% ../nbs/04_cli.ipynb #0221867e
+# %% ../nbs/04_cli.ipynb #19832d9e
 def load_manifest(root=None) -> dict:
     "The experiments of `root`/experiments/manifest.yaml, each checked to name a notebook and the three scales"
     root = Path(root or project_root())
@@ -37,7 +37,7 @@ def load_manifest(root=None) -> dict:
         if not (root/'nbs'/e['notebook']).exists(): raise FileNotFoundError(f"{path}: entry {name!r} names nbs/{e['notebook']}, which does not exist")
     return m
 
-# %% ../nbs/04_cli.ipynb #10db1a5e
+# %% ../nbs/04_cli.ipynb #f5cab38f
 def scale_params(entry:dict, scale:str, root=None) -> dict:
     "The parameters of manifest `entry` at `scale` ('tiny', 'cpu' or 'full')"
     if scale not in SCALES: raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
@@ -49,7 +49,7 @@ def scale_params(entry:dict, scale:str, root=None) -> dict:
     if not isinstance(p, dict): raise ValueError(f"the {scale} parameters must be a mapping or a YAML file name, got {p!r}")
     return dict(p)
 
-# %% ../nbs/04_cli.ipynb #e91cd3a1
+# %% ../nbs/04_cli.ipynb #77038f98
 def check_params(nb_path, params:dict) -> dict:
     "Raise if `params` names a key the parameters cell of `nb_path` does not define"
     import papermill as pm
@@ -59,12 +59,12 @@ def check_params(nb_path, params:dict) -> dict:
     if bad: raise ValueError(f"unknown parameter(s) {bad} for {Path(nb_path).name}; allowed: {sorted(allowed)}")
     return params
 
-# %% ../nbs/04_cli.ipynb #88936829
+# %% ../nbs/04_cli.ipynb #14f2237a
 def run_dir(name:str, scale:str, runs_dir) -> Path:
     "Where the run of experiment `name` at `scale` writes: runs/<name> at cpu scale, runs/<name>_<scale> otherwise"
     return Path(runs_dir)/(name if scale == 'cpu' else f'{name}_{scale}')
 
-# %% ../nbs/04_cli.ipynb #3bf59099
+# %% ../nbs/04_cli.ipynb #b74b959d
 def run_experiment(name:str, scale:str='cpu', runs_dir=None, overrides:dict|None=None, root=None,
                    log_output:bool=False, progress_bar:bool=False) -> dict:
     "Execute experiment `name` of the manifest at `scale` through papermill; return its metrics"
@@ -89,7 +89,7 @@ def run_experiment(name:str, scale:str='cpu', runs_dir=None, overrides:dict|None
                    command=f'ea-nb reproduce --scale {scale} --only {name} {sets}'.strip()), out/'run.json')
     return load_json(out/'metrics.json')
 
-# %% ../nbs/04_cli.ipynb #778ade4a
+# %% ../nbs/04_cli.ipynb #2fcb24fe
 def reproduce(scale:str='cpu', only:list|None=None, runs_dir=None, root=None, overrides:dict|None=None, log_output:bool=False) -> dict:
     "Run the manifest's experiments at `scale`; return {name: metrics}, raising at the end if any failed"
     m = load_manifest(root)
@@ -105,7 +105,7 @@ def reproduce(scale:str='cpu', only:list|None=None, runs_dir=None, root=None, ov
     if failed: raise RuntimeError('\n'.join(f'{n}: {e}' for n, e in failed.items()))
     return res
 
-# %% ../nbs/04_cli.ipynb #a226126f
+# %% ../nbs/04_cli.ipynb #98588f09
 def _small_png(b64:str) -> str:
     "A PNG output re-encoded with a 256-colour palette when that is smaller (figures stay readable, the repo stays small)"
     import base64, io
@@ -128,7 +128,7 @@ def adopt_outputs(nb_path, executed_path) -> int:
     nbformat.write(nb, str(nb_path))
     return n
 
-# %% ../nbs/04_cli.ipynb #4af60a7e
+# %% ../nbs/04_cli.ipynb #67714c2e
 def run_results(root=None, nb_name:str='90_results.ipynb') -> Path:
     "Publish the cpu runs (figures to nbs/images/, outputs into the notebooks they ran), then execute the results notebook"
     import papermill as pm, shutil
@@ -147,7 +147,7 @@ def run_results(root=None, nb_name:str='90_results.ipynb') -> Path:
     adopt_outputs(nb, nb); nbdev_clean(str(nb))
     return nb
 
-# %% ../nbs/04_cli.ipynb #f0854715
+# %% ../nbs/04_cli.ipynb #9aaf8f44
 def readme_text(index_nb=None) -> str:
     "README.md's text, made from `index_nb` (default: the project's nbs/index.ipynb)"
     import nbformat
@@ -163,7 +163,7 @@ def readme_text(index_nb=None) -> str:
             if text.strip(): parts.append(f'```\n{text.rstrip()}\n```')
     return '<!-- made from nbs/index.ipynb by `ea-nb readme`: edit the notebook, not this file -->\n\n' + '\n\n'.join(parts) + '\n'
 
-# %% ../nbs/04_cli.ipynb #892d8308
+# %% ../nbs/04_cli.ipynb #39e4d9b7
 TASKS = {'digits': 'ea_nb.train:train_digits', 'eamlp': 'ea_nb.eamlp:train_eamlp', 'eanet': 'ea_nb.eanet:train_eanet',
          'gan': 'ea_nb.gan:train_gan', 'pointcloud': 'ea_nb.pointcloud:train_pointcloud'}
 
@@ -180,7 +180,7 @@ def _sets(pairs) -> dict:
         k, v = p.split('=', 1); out[k.strip()] = yaml.safe_load(v)
     return out
 
-# %% ../nbs/04_cli.ipynb #02d9dbff
+# %% ../nbs/04_cli.ipynb #65fade8a
 def _parser():
     p = argparse.ArgumentParser(prog='ea-nb', description='ea_nb: external attention, derived and reproduced. '
         'Runs the experiments of experiments/manifest.yaml and the training tasks.')
@@ -195,13 +195,18 @@ def _parser():
     sub.add_parser('bench', add_help=False, help='time the EA fast paths against the official form, SDPA and the matmul limit (ea-nb bench --help)')
     sub.add_parser('readme', help='write README.md from nbs/index.ipynb')
     sub.add_parser('results', help='execute nbs/90_results.ipynb in place: the results page, from runs/')
+    e = sub.add_parser('evaluate', help='evaluate a released checkpoint: EAMLP-7@384 on ImageNet val, EANet on VOC val')
+    e.add_argument('checkpoint', help='the official .pth / .pth.tar file')
+    e.add_argument('--root', help='the data set folder (ImageNet or VOCdevkit layout)')
+    e.add_argument('--kind', default='auto', choices=['auto', 'eamlp', 'eanet'])
+    e.add_argument('--set', nargs='+', default=[], metavar='KEY=VALUE', help='other evaluate_official arguments (n, batch_size, scales, flip, ...)')
     t = sub.add_parser('train', help=f'train a task ({", ".join(TASKS)}); runs under accelerate launch / torchrun too')
     t.add_argument('task', help=f'one of {sorted(TASKS)}')
     t.add_argument('--config', help='a YAML file of keyword arguments')
     t.add_argument('--set', nargs='+', default=[], metavar='KEY=VALUE', help='override config values')
     return p
 
-# %% ../nbs/04_cli.ipynb #8a6186c3
+# %% ../nbs/04_cli.ipynb #0a3bea0d
 def main(argv=None):
     "Entry point of the `ea-nb` console script"
     a, rest = _parser().parse_known_args(argv)
@@ -215,6 +220,10 @@ def main(argv=None):
     elif a.cmd == 'list':
         for n, e in load_manifest().items(): print(f"{n:<24} nbs/{e['notebook']}  full: {e['full']}")
     elif a.cmd == 'results': print(f'wrote {run_results()}')
+    elif a.cmd == 'evaluate':
+        from ea_nb.official import evaluate_official
+        try: print(json.dumps(evaluate_official(a.checkpoint, a.root, a.kind, **_sets(a.set)), indent=1, default=str))
+        except (ValueError, FileNotFoundError) as err: raise SystemExit(f'ea-nb evaluate: {err}')
     elif a.cmd == 'readme':
         f = project_root()/'README.md'; f.write_text(readme_text()); print(f'wrote {f}')
     elif a.cmd == 'train':
@@ -228,6 +237,6 @@ def main(argv=None):
         res = fn(**cfg)
         if isinstance(res, dict): print(json.dumps(res, indent=1, default=str))
 
-# %% ../nbs/04_cli.ipynb #91c24f5f
+# %% ../nbs/04_cli.ipynb #7f145c43
 import builtins
 if __name__ == '__main__' and not hasattr(builtins, '__IPYTHON__'): main()
