@@ -8,7 +8,7 @@ SCALE ?= cpu
 # pytest workers: notebooks and smoke runs are independent, so use every core
 WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: install test reproduce docs sync-check lab readme clean
+.PHONY: install test reproduce docs sync-check browser lab readme clean
 
 install: $(STAMP)
 
@@ -36,7 +36,13 @@ docs: install
 	$(BIN)/smalldocs render --quiet _proc
 	@echo "site: _proc/_docs/index.html"
 
-test: sync-check docs
+# headless Chromium for the site test (Debian's packages; as root, or through sudo where there is one)
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null; }
+
+test: sync-check docs browser
 	$(BIN)/python -m pytest -n $(WORKERS) --dist loadgroup
 
 reproduce: install
