@@ -8,13 +8,13 @@ Docs: https://ea-nb.github.io/ea-nb/cli.html.md"""
 __all__ = ['SCALES', 'TASKS', 'project_root', 'load_manifest', 'scale_params', 'check_params', 'run_dir', 'run_experiment',
            'reproduce', 'adopt_outputs', 'run_results', 'readme_text', 'main']
 
-# %% ../nbs/04_cli.ipynb #b2a07879
+# %% ../nbs/04_cli.ipynb #21c763af
 import argparse, importlib, json, re, shlex, subprocess, sys, time
 from pathlib import Path
 import yaml
 from .core import save_json, load_json
 
-# %% ../nbs/04_cli.ipynb #e35bf79f
+# %% ../nbs/04_cli.ipynb #28f7e269
 SCALES = ('tiny', 'cpu', 'full')
 
 def project_root(start=None) -> Path:
@@ -24,7 +24,7 @@ def project_root(start=None) -> Path:
         if (d/'pyproject.toml').exists() and (d/'experiments').is_dir(): return d
     raise FileNotFoundError(f"no ea_nb checkout (pyproject.toml beside experiments/) above {p}; run from the repo")
 
-# %% ../nbs/04_cli.ipynb #33368113
+# %% ../nbs/04_cli.ipynb #fc80c22b
 def load_manifest(root=None) -> dict:
     "The experiments of `root`/experiments/manifest.yaml, each checked to name a notebook and the three scales"
     root = Path(root or project_root())
@@ -37,7 +37,7 @@ def load_manifest(root=None) -> dict:
         if not (root/'nbs'/e['notebook']).exists(): raise FileNotFoundError(f"{path}: entry {name!r} names nbs/{e['notebook']}, which does not exist")
     return m
 
-# %% ../nbs/04_cli.ipynb #cb8511fa
+# %% ../nbs/04_cli.ipynb #e43653b5
 def scale_params(entry:dict, scale:str, root=None) -> dict:
     "The parameters of manifest `entry` at `scale` ('tiny', 'cpu' or 'full')"
     if scale not in SCALES: raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
@@ -49,7 +49,7 @@ def scale_params(entry:dict, scale:str, root=None) -> dict:
     if not isinstance(p, dict): raise ValueError(f"the {scale} parameters must be a mapping or a YAML file name, got {p!r}")
     return dict(p)
 
-# %% ../nbs/04_cli.ipynb #47eebc23
+# %% ../nbs/04_cli.ipynb #10e86cd0
 def check_params(nb_path, params:dict) -> dict:
     "Raise if `params` names a key the parameters cell of `nb_path` does not define"
     import papermill as pm
@@ -59,12 +59,12 @@ def check_params(nb_path, params:dict) -> dict:
     if bad: raise ValueError(f"unknown parameter(s) {bad} for {Path(nb_path).name}; allowed: {sorted(allowed)}")
     return params
 
-# %% ../nbs/04_cli.ipynb #605f4f32
+# %% ../nbs/04_cli.ipynb #759e10fd
 def run_dir(name:str, scale:str, runs_dir) -> Path:
     "Where the run of experiment `name` at `scale` writes: runs/<name> at cpu scale, runs/<name>_<scale> otherwise"
     return Path(runs_dir)/(name if scale == 'cpu' else f'{name}_{scale}')
 
-# %% ../nbs/04_cli.ipynb #cf1e2bd9
+# %% ../nbs/04_cli.ipynb #8754f5c5
 def run_experiment(name:str, scale:str='cpu', runs_dir=None, overrides:dict|None=None, root=None,
                    log_output:bool=False, progress_bar:bool=False) -> dict:
     "Execute experiment `name` of the manifest at `scale` through papermill; return its metrics"
@@ -89,7 +89,7 @@ def run_experiment(name:str, scale:str='cpu', runs_dir=None, overrides:dict|None
                    command=f'ea-nb reproduce --scale {scale} --only {name} {sets}'.strip()), out/'run.json')
     return load_json(out/'metrics.json')
 
-# %% ../nbs/04_cli.ipynb #6ea36164
+# %% ../nbs/04_cli.ipynb #fdd9f310
 def reproduce(scale:str='cpu', only:list|None=None, runs_dir=None, root=None, overrides:dict|None=None, log_output:bool=False) -> dict:
     "Run the manifest's experiments at `scale`; return {name: metrics}, raising at the end if any failed"
     m = load_manifest(root)
@@ -105,7 +105,7 @@ def reproduce(scale:str='cpu', only:list|None=None, runs_dir=None, root=None, ov
     if failed: raise RuntimeError('\n'.join(f'{n}: {e}' for n, e in failed.items()))
     return res
 
-# %% ../nbs/04_cli.ipynb #06eb2e1c
+# %% ../nbs/04_cli.ipynb #41e0c2c6
 def _small_png_bytes(raw:bytes) -> bytes:
     "PNG bytes re-encoded with a 256-colour palette when that is smaller (figures stay readable, the repo stays small)"
     import io
@@ -133,7 +133,7 @@ def adopt_outputs(nb_path, executed_path) -> int:
     nbformat.write(nb, str(nb_path))
     return n
 
-# %% ../nbs/04_cli.ipynb #e3bcdb61
+# %% ../nbs/04_cli.ipynb #ec1bb878
 def run_results(root=None, nb_name:str='90_results.ipynb') -> Path:
     "Publish the cpu runs (figures to nbs/images/, outputs into the notebooks they ran), then execute the results notebook"
     import papermill as pm, shutil
@@ -153,7 +153,7 @@ def run_results(root=None, nb_name:str='90_results.ipynb') -> Path:
     adopt_outputs(nb, nb); nbdev_clean(str(nb))
     return nb
 
-# %% ../nbs/04_cli.ipynb #8c61013f
+# %% ../nbs/04_cli.ipynb #32edba16
 def readme_text(index_nb=None) -> str:
     "README.md's text, made from `index_nb` (default: the project's nbs/index.ipynb)"
     import nbformat
@@ -169,9 +169,9 @@ def readme_text(index_nb=None) -> str:
             if text.strip(): parts.append(f'```\n{text.rstrip()}\n```')
     return '<!-- made from nbs/index.ipynb by `ea-nb readme`: edit the notebook, not this file -->\n\n' + '\n\n'.join(parts) + '\n'
 
-# %% ../nbs/04_cli.ipynb #132ec83b
+# %% ../nbs/04_cli.ipynb #b34f54e8
 TASKS = {'digits': 'ea_nb.train:train_digits', 'eamlp': 'ea_nb.eamlp:train_eamlp', 'eanet': 'ea_nb.eanet:train_eanet',
-         'gan': 'ea_nb.gan:train_gan', 'pointcloud': 'ea_nb.pointcloud:train_pointcloud'}
+         'gan': 'ea_nb.gan:train_gan', 'pointcloud': 'ea_nb.pointcloud:train_pointcloud', 'detection': 'ea_nb.detection:train_detection'}
 
 def _task(name):
     if name not in TASKS: raise SystemExit(f"ea-nb train: unknown task {name!r}; choose from {sorted(TASKS)}")
@@ -186,7 +186,7 @@ def _sets(pairs) -> dict:
         k, v = p.split('=', 1); out[k.strip()] = yaml.safe_load(v)
     return out
 
-# %% ../nbs/04_cli.ipynb #c07dff40
+# %% ../nbs/04_cli.ipynb #5e80f9d0
 def _parser():
     p = argparse.ArgumentParser(prog='ea-nb', description='ea_nb: external attention, derived and reproduced. '
         'Runs the experiments of experiments/manifest.yaml and the training tasks.')
@@ -212,7 +212,7 @@ def _parser():
     t.add_argument('--set', nargs='+', default=[], metavar='KEY=VALUE', help='override config values')
     return p
 
-# %% ../nbs/04_cli.ipynb #ccb5dfb6
+# %% ../nbs/04_cli.ipynb #0dc57aa4
 def main(argv=None):
     "Entry point of the `ea-nb` console script"
     a, rest = _parser().parse_known_args(argv)
@@ -243,6 +243,6 @@ def main(argv=None):
         res = fn(**cfg)
         if isinstance(res, dict): print(json.dumps(res, indent=1, default=str))
 
-# %% ../nbs/04_cli.ipynb #9479c225
+# %% ../nbs/04_cli.ipynb #a534ad85
 import builtins
 if __name__ == '__main__' and not hasattr(builtins, '__IPYTHON__'): main()

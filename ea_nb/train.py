@@ -89,7 +89,10 @@ class SegmentationTask(Task):
 class DetectionTask(Task):
     "torchvision-style detector: summed loss dict in training, COCO mAP in evaluation"
     monitor, mode = 'map', 'max'
-    def __init__(self, iou_type:str='bbox'): self.iou_type = iou_type  # 'bbox' or 'segm'
+    def __init__(self, iou_type:str='bbox'):
+        if iou_type != 'bbox': raise ValueError(f"DetectionTask scores boxes (iou_type='bbox'), got {iou_type!r}: for masks use "
+                                                "ea_nb.detection.InstanceTask, which scores 'bbox' and 'segm' with Mask R-CNN's mask format")
+        self.iou_type = iou_type
     def step(self, model, batch):
         images, targets = batch  # list of (3, H, W), list of dicts
         if model.training: return dict(loss=sum(model(images, targets).values()))

@@ -1,4 +1,4 @@
-import os
+import os, socket, urllib.request
 from pathlib import Path
 import pytest
 
@@ -11,3 +11,11 @@ def _repo_root_and_threads():
     if os.environ.get('PYTEST_XDIST_WORKER'):
         import torch
         torch.set_num_threads(max(1, (os.cpu_count() or 2) // int(os.environ.get('PYTEST_XDIST_WORKER_COUNT', 1))))
+
+@pytest.fixture
+def no_network(monkeypatch):
+    "Any attempt to reach the network fails loudly (the loaders must never download)"
+    def boom(*a, **k): raise AssertionError(f"network access attempted: {a[:2]}")
+    monkeypatch.setattr(socket.socket, 'connect', boom)
+    monkeypatch.setattr(socket, 'create_connection', boom)
+    monkeypatch.setattr(urllib.request, 'urlopen', boom)

@@ -1,5 +1,5 @@
 "Real-data loaders of ea_nb.data on tiny fixtures written here in each data set's real on-disk layout"
-import json, pickle, socket, urllib.request
+import json, pickle
 import numpy as np, pytest, torch
 import fastcore.test as ft
 from pathlib import Path
@@ -8,13 +8,7 @@ from ea_nb.data import build, CorruptImageError, DatasetNotFoundError, ModelNetL
 
 torch.set_num_threads(1)
 
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch):
-    "Any attempt to reach the network fails loudly"
-    def boom(*a, **k): raise AssertionError(f"network access attempted: {a[:2]}")
-    monkeypatch.setattr(socket.socket, 'connect', boom)
-    monkeypatch.setattr(socket, 'create_connection', boom)
-    monkeypatch.setattr(urllib.request, 'urlopen', boom)
+pytestmark = pytest.mark.usefixtures('no_network')   # conftest: the network is off for every test here
 
 def rgb(path, w=40, h=30, seed=0, fmt=None):
     path.parent.mkdir(parents=True, exist_ok=True)

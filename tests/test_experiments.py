@@ -19,3 +19,13 @@ def test_tiny_run(name, tmp_path):
 def test_scale_params_match_notebook(name, scale):
     "A key the notebook does not define fails here, not after an hour on a GPU"
     check_params(ROOT/'nbs'/MANIFEST[name]['notebook'], scale_params(MANIFEST[name], scale, ROOT))
+
+@pytest.mark.parametrize('name', sorted(MANIFEST))
+def test_every_parameter_parses(name):
+    "papermill silently skips a parameters line it cannot parse (e.g. a comment holding ' = '): none may be skipped"
+    import ast, nbformat, papermill as pm
+    nb = ROOT/'nbs'/MANIFEST[name]['notebook']
+    cell = next(c for c in nbformat.read(str(nb), as_version=4).cells if 'parameters' in c.metadata.get('tags', []))
+    assigned = [n.target.id if isinstance(n, ast.AnnAssign) else n.targets[0].id
+                for n in ast.parse(cell.source).body if isinstance(n, (ast.Assign, ast.AnnAssign))]
+    assert sorted(pm.inspect_notebook(str(nb))) == sorted(assigned), f'{nb.name}: papermill cannot read some parameter lines'
