@@ -6,7 +6,7 @@ Docs: https://ea-nb.github.io/ea-nb/core.html.md"""
 
 # %% auto #0
 __all__ = ['atomic_write', 'save_json', 'load_json', 'write_metrics', 'torch_save_atomic', 'seed_everything', 'default_device',
-           'count_params']
+           'count_params', 'load_resnet_weights']
 
 # %% ../nbs/00a_core.ipynb #1b72715c
 import json, os, random, tempfile
@@ -79,3 +79,20 @@ def count_params(module:nn.Module, unique:bool=True, trainable_only:bool=False) 
     if not unique: return sum(p.numel() for p in ps)
     storages = {p.untyped_storage().data_ptr(): p.untyped_storage().nbytes() // p.element_size() for p in ps}
     return sum(storages.values())
+
+# %% ../nbs/00a_core.ipynb #afe8bb71
+def load_resnet_weights(net:nn.Module, path) -> nn.Module:
+    "Load a local torchvision ResNet state dict file into `net`, ignoring its `fc.*`; any other mismatch is an error"
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"backbone weights {path} do not exist: nothing is downloaded here; copy torchvision's ImageNet "
+                                f"state dict there (e.g. resnet50-0676ba61.pth), or pass None to start from random weights")
+    sd = torch.load(path, map_location='cpu', weights_only=True)
+    if not isinstance(sd, dict): raise ValueError(f"{path} holds a {type(sd).__name__}, not a state dict")
+    sd = sd.get('state_dict', sd.get('model', sd))
+    sd = {k.removeprefix('module.'): v for k, v in sd.items() if not k.removeprefix('module.').startswith('fc.')}
+    missing, unexpected = net.load_state_dict(sd, strict=False)
+    bad = [k for k in missing if not k.startswith('fc.')] + unexpected
+    if bad: raise ValueError(f"{path} does not fit {type(net).__name__}: {len(bad)} mismatched keys, e.g. {bad[:5]}; "
+                             f"is it a torchvision ResNet state dict of the same depth?")
+    return net
