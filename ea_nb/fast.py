@@ -185,24 +185,29 @@ class LeanMultiHeadExternalAttention(nn.Module):
         S:int=64,              # memory slots
         query:bool=True,       # keep the query linear C → coef·C
         proj:bool=True,        # keep the output projection coef·C → C
+        share_proj:bool=False, # the output projection is the query linear's weight transposed (tied, as EANet ties M_v to M_kᵀ)
         eps:float=1e-9,        # keeps the ℓ1 step finite
         fold='auto',           # fold the linear layers next to the memories (see `multihead_external_attention`)
         **kwargs):             # other timm `attn_layer` kwargs: accepted, unused
         super().__init__()
         if dim % num_heads: raise ValueError(f"dim must be divisible by num_heads: got dim={dim}, num_heads={num_heads}")
         if coef != 1 and not (query and proj): raise ValueError(f"coef={coef} needs both the query linear and the projection (query=True, proj=True), or use coef=1")
+        if share_proj and not (query and proj): raise ValueError("share_proj=True ties the projection to the query linear: it needs query=True and proj=True")
         self.dim, self.num_heads, self.eps, self.fold = dim, coef * num_heads, eps, fold
         head_dim = dim // num_heads
         self.trans_dims = nn.Linear(dim, coef * dim) if query else nn.Identity()
         self.linear_0, self.linear_1 = nn.Linear(head_dim, S), nn.Linear(S, head_dim)    # M_k, M_v shared by all heads
         self.attn_drop = attn_drop
-        self.proj = nn.Linear(coef * dim, dim) if proj else nn.Identity()
+        self.proj = nn.Linear(coef * dim, dim) if proj and not share_proj else nn.Identity()
+        self.proj_bias = nn.Parameter(torch.zeros(dim)) if share_proj else None     # the tied projection keeps its own bias
         self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(self, x, attn_mask=None, is_causal=False):  # x: (B, N, C)
         if attn_mask is not None or is_causal: raise ValueError("external attention cannot apply a token mask: pass attn_mask=None, is_causal=False")
         if x.ndim != 3 or x.shape[-1] != self.dim: raise ValueError(f"expected (B, N, C) tokens with C={self.dim}, got shape {tuple(x.shape)}")
-        y = multihead_external_attention(x, *mhea_weights(self), self.num_heads, self.eps, self.attn_drop, self.training, self.fold)
+        w = list(mhea_weights(self))
+        if self.proj_bias is not None: w[-2:] = [self.trans_dims.weight.t(), self.proj_bias]   # proj = query linearᵀ
+        y = multihead_external_attention(x, *w, self.num_heads, self.eps, self.attn_drop, self.training, self.fold)
         return self.proj_drop(y)
 
 # %% ../nbs/05_fast.ipynb #7050e939
@@ -254,6 +259,7 @@ def _token_variant(name:str, dim:int, heads:int, S:int):
     "Module and fn(x) for a token-level variant"
     from ea_nb.attention import SelfAttention, ExternalAttention
     if name == 'sa': m = SelfAttention(dim, num_heads=heads); return m, m
+    if name == 'lean1_shared': m = LeanMultiHeadExternalAttention(dim, heads, coef=1, S=S, share_proj=True); return m, m
     if name.startswith('lean'):
         m = LeanMultiHeadExternalAttention(dim, heads, coef=1, S=S, query=False, proj=name.endswith('_noq')); return m, m
     if name.startswith('core_'):
@@ -295,7 +301,7 @@ def _map_variant(name:str, dim:int, S:int):
 # %% ../nbs/05_fast.ipynb #760e9d9b
 VARIANTS = dict(
     core=['core_ref', 'core_fast', 'core_mm'],
-    mhea=[f'mhea{c}_{k}' for c in (4, 2, 1) for k in ('official', 'nofold', 'fast', 'mm')] + ['lean1_noq', 'lean1_noq_noproj', 'sa'],
+    mhea=[f'mhea{c}_{k}' for c in (4, 2, 1) for k in ('official', 'nofold', 'fast', 'mm')] + ['lean1_noq', 'lean1_noq_noproj', 'lean1_shared', 'sa'],
     map2d=['ea2d_official', 'ea2d_nofold', 'ea2d_fast', 'ea2d_mm', 'sa2d'])
 
 def variant_family(name:str) -> str:
