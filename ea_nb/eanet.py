@@ -112,6 +112,7 @@ class EAContext(ExternalAttention2d):
         return a.softmax(dim=2 if self.norm == 'softmax_n' else 1)
 
     def forward(self, x):  # x: (B, C, H, W)
+        if self.norm == 'double' and not self.keep_attn: return super().forward(x)  # the paper's block: its fast path
         check_input(x, 'BCHW', self.channels)
         idn, (B, C, H, W) = x, x.shape
         a = self.normalize(self.linear_0(self.conv1(x).reshape(B, C, H*W)))        # (B, S, N)
