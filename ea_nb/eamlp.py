@@ -18,6 +18,7 @@ from fastcore.basics import patch
 from timm.layers import Mlp, DropPath, trunc_normal_
 from timm.models import register_model
 from .attention import MultiHeadExternalAttention, SelfAttention, double_norm, check_input
+from .fast import LeanMultiHeadExternalAttention
 
 # %% ../nbs/10_eamlp.ipynb #c41ca9ff
 class T2TExternalAttention(nn.Module):
@@ -162,12 +163,20 @@ class Block(nn.Module):
         drop_path:float=0.,     # stochastic depth rate of this block
         mixer:str='ea',         # 'ea' or 'sa'
         coef:int=4,             # EA width multiplier: coef·num_heads heads
-        S:int|None=None):       # EA memory slots; None: 256 // coef (official)
+        S:int|None=None,        # EA memory slots; None: 256 // coef (official)
+        query:bool=True,        # EA: keep the query linear (False: lean, beyond the paper; needs coef=1)
+        proj:bool=True,         # EA: keep the output projection (False: lean; needs coef=1)
+        share_proj:bool=False): # EA: the projection is the query linear transposed (lean)
         super().__init__()
         kw = dict(qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop)
+        official = query and proj and not share_proj
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = (MultiHeadExternalAttention(dim, num_heads, coef=coef, S=S or 256 // coef, **kw)
-                     if _check_mixer(mixer) == 'ea' else SelfAttention(dim, num_heads, **kw))
+        if _check_mixer(mixer) == 'sa':
+            if not official: raise ValueError(f"query, proj and share_proj shape external attention; mixer='sa' takes the defaults, got query={query}, proj={proj}, share_proj={share_proj}")
+            self.attn = SelfAttention(dim, num_heads, **kw)
+        elif official: self.attn = MultiHeadExternalAttention(dim, num_heads, coef=coef, S=S or 256 // coef, **kw)
+        else: self.attn = LeanMultiHeadExternalAttention(dim, num_heads, coef=coef, S=S or 256 // coef,
+                                                         query=query, proj=proj, share_proj=share_proj, **kw)
         self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=proj_drop)
@@ -199,6 +208,9 @@ class EAMLP(nn.Module):
         mixer:str='ea',            # 'ea' (EAMLP) or 'sa' (T2T-ViT baseline)
         coef:int=4,                # EA width multiplier (lean variants: 1, 2)
         S:int|None=None,           # EA memory slots of the blocks; None: 256 // coef (official)
+        query:bool=True,           # blocks' EA keeps its query linear (False: lean, beyond the paper; coef=1)
+        proj:bool=True,            # blocks' EA keeps its output projection (False: lean; coef=1)
+        share_proj:bool=False,     # blocks' EA projection = query linear transposed (lean)
         qkv_bias:bool=False,       # SA: bias of the qkv linear
         token_dim:int=64,          # width of the T2T layers
         t2t_S:int=128,             # EA memory slots of the T2T layers
@@ -217,7 +229,8 @@ class EAMLP(nn.Module):
         self.pos_embed = nn.Parameter(sinusoid_table(self.grid ** 2 + 1, embed_dim), requires_grad=False)
         self.pos_drop = nn.Dropout(drop_rate)
         dpr = torch.linspace(0, drop_path_rate, depth, device='cpu').tolist()           # stochastic depth decay rule
-        self.blocks = nn.ModuleList([Block(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate, dpr[i], mixer, coef, S)
+        self.blocks = nn.ModuleList([Block(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate, dpr[i], mixer, coef, S,
+                                           query, proj, share_proj)
                                      for i in range(depth)])
         self.norm = nn.LayerNorm(embed_dim)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
@@ -410,6 +423,9 @@ def train_eamlp(
     model:Literal['eamlp_tiny', 'eamlp_7', 'eamlp_14', 'eamlp_19']='eamlp_tiny', # a registered configuration
     mixer:Literal['ea', 'sa']='ea',      # external attention (EAMLP) or self-attention (T2T-ViT)
     coef:int=4,                          # EA width multiplier (lean: 1, 2)
+    query:bool=True,                     # blocks' EA keeps its query linear (lean: False, with coef=1)
+    proj:bool=True,                      # blocks' EA keeps its output projection (lean: False, with coef=1)
+    share_proj:bool=False,               # blocks' EA projection tied to the query linear (lean: True)
     dataset:Literal['digits', 'imagenet', 'imagefolder']='digits', # embedded digits, or a local ImageFolder tree
     data_root:str|None=None,             # real data sets: their folder (None: data/<name>)
     img_size:int=32,                     # input side (ImageNet: 224)
@@ -447,7 +463,8 @@ def train_eamlp(
     tds, vds = _datasets(dataset, data_root, img_size, n_train, randaug, reprob, crop_pad, seed)
     tdl = DataLoader(tds, bs, shuffle=True, drop_last=len(tds) >= 2 * bs, num_workers=num_workers)
     vdl = DataLoader(vds, 2 * bs, num_workers=num_workers)
-    net = timm.create_model(model, img_size=img_size, num_classes=num_classes, mixer=mixer, coef=coef, drop_path_rate=drop_path)
+    net = timm.create_model(model, img_size=img_size, num_classes=num_classes, mixer=mixer, coef=coef,
+                            query=query, proj=proj, share_proj=share_proj, drop_path_rate=drop_path)
     sched = partial(cosine_schedule, warmup_epochs=warmup_epochs, warmup_lr=warmup_lr, min_lr=min_lr, cooldown_epochs=cooldown_epochs)
     t = Trainer(net, MixupClassificationTask(num_classes, label_smoothing, mixup, cutmix), tdl, vdl,
                 opt=partial(build_adamw, lr=lr, weight_decay=weight_decay), sched=sched, epochs=epochs, out_dir=out_dir,

@@ -17,8 +17,8 @@ import torch, torch.nn as nn, torch.nn.functional as F
 # %% ../nbs/05_fast.ipynb #72126338
 def _norm_(a, tdim:int, mdim:int, eps:float):
     "In place on `a`: softmax over `tdim`, then ℓ1 over `mdim`; returns (α, r)"
-    a.sub_(a.amax(tdim, keepdim=True)).exp_()
-    a.div_(a.sum(tdim, keepdim=True))              # α̂: each memory column sums to 1 over tokens
+    if a.device.type == 'cpu': torch.ops.aten._softmax.out(a, tdim, False, out=a)   # α̂, in one fused kernel
+    else: a.sub_(a.amax(tdim, keepdim=True)).exp_().div_(a.sum(tdim, keepdim=True))
     r = a.sum(mdim, keepdim=True).add_(eps)        # r = ε + Σ_S α̂
     return a.div_(r), r                            # α: each token row sums to 1 over memory
 
@@ -354,16 +354,23 @@ def _run_benchmark(variants, Ns, dim, heads, repeats, device, backward, S, batch
         for (v, p), t in ts.items():
             rows.append(dict(variant=v, family=variant_family(v), N=vs[v]['N'], N_asked=N, pass_=p,
                              ms=statistics.median(t)*1e3, ms_min=min(t)*1e3,
-                             saved_MB=vs[v]['saved_bytes']/2**20 if p == 'fwd+bwd' else 0.))
+                             saved_MB=vs[v]['saved_bytes']/2**20 if p == 'fwd+bwd' else 0., rounds_ms=[round(s*1e3, 4) for s in t]))
         if verbose: print(f"N={N}: " + ', '.join(f"{v} {statistics.median(ts[(v, 'fwd+bwd' if backward else 'fwd')])*1e3:.1f}ms" for v in variants), flush=True)
         del vs, fns
     return pd.DataFrame(rows).rename(columns={'pass_': 'pass'})
 
 # %% ../nbs/05_fast.ipynb #83cc6ebb
 def ratio(df, a:str, b:str, pass_:str='fwd+bwd', col:str='ms'):
-    "Series over N of col(a) / col(b)"
-    d = df[df['pass'] == pass_].pivot_table(index='N_asked', columns='variant', values=col)
-    return (d[a] / d[b]).rename(f'{a}/{b}')
+    "Series over N of a's time over b's: the median of the per-round ratios ('ms'), or col(a) / col(b)"
+    import pandas as pd
+    d = df[df['pass'] == pass_]
+    if col != 'ms' or 'rounds_ms' not in d:
+        d = d.pivot_table(index='N_asked', columns='variant', values=col)
+        return (d[a] / d[b]).rename(f'{a}/{b}')
+    t = d.set_index(['N_asked', 'variant'])['rounds_ms']
+    Ns = sorted(set(d.N_asked[d.variant == a]) & set(d.N_asked[d.variant == b]))
+    per_round = {n: statistics.median(ta / tb for ta, tb in zip(t[n, a], t[n, b])) for n in Ns}
+    return pd.Series(per_round, name=f'{a}/{b}', dtype=float).rename_axis('N_asked')
 
 def crossover(df, a:str, b:str, pass_:str='fwd+bwd') -> float:
     "Smallest N from which `a` beats `b` at every larger measured N (log-log interpolation); inf if never"
