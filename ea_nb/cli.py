@@ -110,8 +110,9 @@ def _small_png_bytes(raw:bytes) -> bytes:
     "PNG bytes re-encoded with a 256-colour palette when that is smaller (figures stay readable, the repo stays small)"
     import io
     from PIL import Image
-    buf = io.BytesIO()
-    Image.open(io.BytesIO(raw)).convert('RGB').quantize(256).save(buf, 'PNG', optimize=True)
+    im, buf = Image.open(io.BytesIO(raw)), io.BytesIO()
+    if im.mode == 'P': return raw                                  # already a palette: re-encoding would only churn bytes
+    im.convert('RGB').quantize(256).save(buf, 'PNG', optimize=True)
     return buf.getvalue() if buf.tell() < len(raw) else raw
 
 def _small_png(b64:str) -> str:
