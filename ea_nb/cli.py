@@ -115,11 +115,13 @@ def _small_png_bytes(raw:bytes) -> bytes:
     im.convert('RGB').quantize(256).save(buf, 'PNG', optimize=True)
     return buf.getvalue() if buf.tell() < len(raw) else raw
 
+# %% ../nbs/04_cli.ipynb #a1815be7
 def _small_png(b64:str) -> str:
     "`_small_png_bytes` for a base64 notebook output"
     import base64
     return base64.b64encode(_small_png_bytes(base64.b64decode(b64))).decode()
 
+# %% ../nbs/04_cli.ipynb #57963a5b
 def adopt_outputs(nb_path, executed_path) -> int:
     "Copy the outputs of `executed_path` (a papermill run of `nb_path` at its defaults) into `nb_path`, cell by cell"
     import nbformat
@@ -179,6 +181,7 @@ def _task(name):
     mod, fn = TASKS[name].split(':')
     return getattr(importlib.import_module(mod), fn)
 
+# %% ../nbs/04_cli.ipynb #b7b7dd3a
 def _sets(pairs) -> dict:
     "Parse ['k=v', ...] into a dict, each value read as YAML"
     out = {}

@@ -21,10 +21,12 @@ def _meta_forward(module:nn.Module, shapes):
     with torch.no_grad(), FlopCounterMode(display=False) as fc: m(*[torch.empty(s, device='meta') for s in shapes])
     return fc
 
+# %% ../nbs/01_complexity.ipynb #a5329ba8
 def count_macs(module:nn.Module, *shapes) -> int:
     "Multiply-accumulates of one forward of `module` on inputs of `shapes` (FlopCounterMode FLOPs / 2, meta device)"
     return _meta_forward(module, shapes).get_total_flops() // 2
 
+# %% ../nbs/01_complexity.ipynb #84425132
 def macs_by_module(module:nn.Module, *shapes, depth:int=1) -> dict:
     "MACs per submodule `depth` levels down; '(own ops)' is the rest, what the modules above compute themselves (e.g. QKᵀ, AV)"
     counts, root = _meta_forward(module, shapes).get_flop_counts(), type(module).__name__
@@ -59,6 +61,7 @@ def saved_activation_bytes(module:nn.Module, *inputs) -> int:
     with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t): module(*inputs)
     return sum(seen.values())
 
+# %% ../nbs/01_complexity.ipynb #2dd2c3ce
 def cuda_peak_bytes(module:nn.Module, x:torch.Tensor):
     "Peak CUDA memory above the starting point during one inference forward; None off CUDA"
     if x.device.type != 'cuda': return None
@@ -79,6 +82,7 @@ def cost_table(modules:dict, shape) -> pd.DataFrame:
                  MACs=count_macs(m, shape)) for k, m in modules.items()]
     return pd.DataFrame(rows).set_index('module')
 
+# %% ../nbs/01_complexity.ipynb #767b00b5
 def sweep(builders:dict, channels:int, sizes, S:int=64, batch:int=1, repeats:int=5, device='cpu', num_threads:int=0) -> pd.DataFrame:
     "MACs, median forward time and saved-activation memory of each built module on (batch, channels, H, H), H in `sizes`"
     rows = []

@@ -36,12 +36,14 @@ def save_json(obj, path) -> Path:
     "Atomically write `obj` as indented JSON"
     return atomic_write(path, json.dumps(obj, indent=2, default=_json_default) + '\n')
 
+# %% ../nbs/00a_core.ipynb #e30e8f5d
 def _json_default(o):
     if isinstance(o, (np.integer, np.floating)): return o.item()
     if isinstance(o, (torch.Tensor, np.ndarray)): return o.tolist()
     if isinstance(o, Path): return str(o)
     raise TypeError(f"save_json cannot store a {type(o).__name__}; convert it to a number, string, list or dict")
 
+# %% ../nbs/00a_core.ipynb #18c7cf1b
 def load_json(path):
     "Read JSON from `path`, saying which file is missing or malformed"
     path = Path(path)
@@ -55,6 +57,7 @@ def write_metrics(out_dir, metrics:dict) -> Path:
     if not isinstance(metrics, dict): raise TypeError(f"metrics must be a dict, got {type(metrics).__name__}")
     return save_json(metrics, Path(out_dir)/'metrics.json')
 
+# %% ../nbs/00a_core.ipynb #ec8d8e1b
 def torch_save_atomic(obj, path) -> Path:
     "`torch.save` through `atomic_write`"
     import io

@@ -92,6 +92,7 @@ def to_float(mean=IMAGENET_MEAN, std=IMAGENET_STD):
     return v2.Compose([v2.ToDtype({tv_tensors.Image: torch.float32, tv_tensors.Mask: torch.int64, 'others': None},
                                   scale=True), v2.Normalize(mean, std)])
 
+# %% ../nbs/02_data.ipynb #1b2b81ce
 def seg_transforms(crop_size:int=513,            # square training crop (the paper's VOC crop)
                    scale_range=(0.5, 2.0),       # random rescale factors
                    train:bool=True,              # augment (False: only convert and normalise)
@@ -117,11 +118,13 @@ def cls_transforms(img_size:int=224,       # output side
     else: aug = [v2.Resize(round(img_size/crop_pct), antialias=True), v2.CenterCrop(img_size)]
     return v2.Compose([v2.ToImage(), *aug, v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
 
+# %% ../nbs/02_data.ipynb #a9df85e8
 def _det_labels(inputs):
     "The per-box tensors SanitizeBoundingBoxes must filter along with the boxes"
     t = next(a for a in (inputs if isinstance(inputs, (tuple, list)) else [inputs]) if isinstance(a, dict))
     return tuple(t[k] for k in ('labels', 'iscrowd') if k in t)
 
+# %% ../nbs/02_data.ipynb #0e4ef671
 def det_transforms(train:bool=True,  # random horizontal flip
                    flip_p:float=0.5):
     "Detection transforms: (flip), image to float in [0, 1], drop degenerate boxes (models normalise themselves)"
@@ -129,6 +132,7 @@ def det_transforms(train:bool=True,  # random horizontal flip
                        v2.ToDtype({tv_tensors.Image: torch.float32, 'others': None}, scale=True),
                        v2.SanitizeBoundingBoxes(labels_getter=_det_labels)])
 
+# %% ../nbs/02_data.ipynb #dd4212f0
 def collate_det(batch):
     "Detection batches stay lists: (images, targets), as torchvision's detection models take them"
     return tuple(zip(*batch))
@@ -151,6 +155,7 @@ def data_root(name:str) -> Path:
     "Default root of a real data set: `$EA_NB_DATA/<folder>` (EA_NB_DATA defaults to `data`)"
     return Path(os.environ.get('EA_NB_DATA', 'data'))/REGISTRY[name]['folder']
 
+# %% ../nbs/02_data.ipynb #c0a82f60
 def build(name:str,        # a key of `REGISTRY` (see `datasets()`)
           split:str='train',
           root=None,       # real sets: folder holding the layout; None: `data_root(name)`
@@ -311,6 +316,7 @@ def masks_to_boxes_xyxy(masks:torch.Tensor) -> torch.Tensor:
         b[i] = torch.stack([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]).float()
     return b
 
+# %% ../nbs/02_data.ipynb #60c5d103
 class Shapes(Dataset):
     "Procedural segmentation/detection scenes whose 'largest' and 'twin' classes need global context"
     classes = SHAPE_CLASSES
@@ -358,6 +364,7 @@ def revolve(r, z, n_theta:int=32, closed:bool=False) -> Data:
     face = torch.cat([torch.stack([a, b, c]).reshape(3, -1), torch.stack([b, d, c]).reshape(3, -1)], 1)
     return Data(pos=pos, face=face)
 
+# %% ../nbs/02_data.ipynb #4c6d37c0
 def polyhedron(verts, faces) -> Data:
     "Mesh from vertices and (possibly polygonal, convex) faces, fan-triangulated"
     tris = [(f[0], f[k], f[k + 1]) for f in faces for k in range(1, len(f) - 1)]
@@ -403,6 +410,7 @@ def seeded(seed:int):
         try: yield
         finally: random.setstate(state)
 
+# %% ../nbs/02_data.ipynb #bb4b59be
 def point_transforms(num_points:int=1024,      # points sampled on the surface
                      train:bool=True,          # random rotation, scale and jitter
                      scales=(0.8, 1.2),        # isotropic scale range
@@ -445,6 +453,7 @@ def _image_folder(name, root, split, source, transform):
                                    f"files. Obtain the data set from {source} (nothing is downloaded at run time).")
     return tvd.ImageFolder(root/split, transform=transform, loader=load_image)
 
+# %% ../nbs/02_data.ipynb #3d7025f5
 def _auto(transform, default): return default if isinstance(transform, str) and transform == 'auto' else transform
 
 IMAGENET_SRC = 'https://image-net.org/download.php (ILSVRC2012 train and val, val sorted into class folders)'
@@ -456,6 +465,7 @@ def imagenet(split='train', root='data/imagenet',
     "ImageNet-1k from an ImageFolder layout `root/{train,val}/<wnid>/*.JPEG`"
     return _image_folder('imagenet', root, split, IMAGENET_SRC, _auto(transform, cls_transforms(img_size, split == 'train')))
 
+# %% ../nbs/02_data.ipynb #6b09e5c1
 @register('imagefolder', ('train', 'val', 'test'), 'classification', 'your own images', 'imagefolder')
 def imagefolder(split='train', root='data/imagefolder', img_size:int=224, transform='auto'):
     "Any ImageFolder tree `root/<split>/<class>/<image>`"
@@ -477,6 +487,7 @@ class CIFAR10(tvd.CIFAR10):
         self.classes = meta[self.meta['key']]
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
 
+# %% ../nbs/02_data.ipynb #699cb644
 @register('cifar10', ('train', 'test'), 'classification / generation', CIFAR_SRC, 'cifar10', dict(train=50_000, test=10_000),
           aliases={'val': 'test'})
 def cifar10(split='train', root='data/cifar10',
@@ -502,6 +513,7 @@ class TinyImageNetVal(Dataset):
         p, y = self.samples[i]; x = load_image(p)
         return (self.transform(x) if self.transform else x), y
 
+# %% ../nbs/02_data.ipynb #e986bb85
 @register('tiny_imagenet', ('train', 'val'), 'generation / classification', TINY_SRC, 'tiny-imagenet-200', dict(train=100_000, val=10_000))
 def tiny_imagenet(split='train', root='data/tiny-imagenet-200', img_size:int=64, transform='auto'):
     "Tiny-ImageNet-200 from `root/{wnids.txt, train/<wnid>/images, val/images, val/val_annotations.txt}`"
@@ -523,6 +535,7 @@ def _seg_sample(img_path, mask_path, transforms, lut=None):
     mask = tv_tensors.Mask(lut[mask] if lut is not None else mask)
     return transforms(img, mask) if transforms else (img, mask)
 
+# %% ../nbs/02_data.ipynb #9fab5193
 VOC_SRC = ('http://host.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar '
            '(train_aug: SBD, http://home.bharathh.info/pubs/codes/SBD/download.html, as SegmentationClassAug)')
 
@@ -539,6 +552,7 @@ class VOCSeg(tvd.VOCSegmentation):
         self.transforms = transforms
     def __getitem__(self, i): return _seg_sample(self.images[i], self.masks[i], self.transforms)
 
+# %% ../nbs/02_data.ipynb #4b130af5
 @register('voc', ('train', 'val', 'trainval', 'train_aug'), 'segmentation', VOC_SRC, 'voc', dict(train=1464, val=1449, train_aug=10_582))
 def voc(split='train', root='data/voc',
         crop_size:int=513,      # training crop (the paper's)
@@ -570,6 +584,7 @@ class ADE20K(Dataset):
     def __len__(self): return len(self.images)
     def __getitem__(self, i): return _seg_sample(self.images[i], self.masks[i], self.transforms, self.lut)
 
+# %% ../nbs/02_data.ipynb #3700fe14
 @register('ade20k', ('train', 'val'), 'segmentation', ADE_SRC, 'ADEChallengeData2016', dict(train=20_210, val=2_000))
 def ade20k(split='train', root='data/ADEChallengeData2016', crop_size:int=512, transforms='auto', reduce_zero_label:bool=True):
     "ADE20K from `root/{images,annotations}/{training,validation}` (root may also be its parent)"
@@ -588,6 +603,7 @@ def cityscapes_lut(ignore_index:int=255) -> torch.Tensor:
         if 0 <= c.id < 256 and 0 <= c.train_id < 19: lut[c.id] = c.train_id
     return lut
 
+# %% ../nbs/02_data.ipynb #ebb2f534
 class CityscapesSeg(tvd.Cityscapes):
     "torchvision's Cityscapes (fine, semantic) with labelIds mapped to 19 trainIds, sorted, as tv_tensors"
     def __init__(self, root, split='train', transforms=None):
@@ -597,6 +613,7 @@ class CityscapesSeg(tvd.Cityscapes):
         self.transforms, self.lut = transforms, cityscapes_lut()
     def __getitem__(self, i): return _seg_sample(self.images[i], self.targets[i][0], self.transforms, self.lut)
 
+# %% ../nbs/02_data.ipynb #99dda8c5
 @register('cityscapes', ('train', 'val', 'test'), 'segmentation', CITY_SRC, 'cityscapes', dict(train=2975, val=500, test=1525))
 def cityscapes(split='train', root='data/cityscapes', crop_size:int=769, transforms='auto'):
     "Cityscapes fine annotations from `root/{leftImg8bit,gtFine}/<split>/<city>/`"
@@ -655,6 +672,7 @@ class CocoInstances(Dataset):
         out = img, self.target(i, *img.shape[-2:])
         return self.transforms(*out) if self.transforms else out
 
+# %% ../nbs/02_data.ipynb #15e66a58
 @register('coco', ('train', 'val'), 'detection / instance segmentation', COCO_SRC, 'coco', dict(train=118_287, val=5_000))
 def coco(split='train', root='data/coco', year:int=2017, transforms='auto', raw:bool=False, with_masks:bool=True):
     "COCO from `root/{train2017,val2017}/*.jpg` and `root/annotations/instances_{train,val}2017.json`"
@@ -675,6 +693,7 @@ class ModelNetLocal(ModelNet):
         raise DatasetNotFoundError(f"ModelNet{self.name}: no class folders under {self.raw_dir}; expected "
                                    f"raw/<class>/{{train,test}}/<class>_0001.off. Obtain it from {MODELNET_SRC}.")
 
+# %% ../nbs/02_data.ipynb #7d54ccb8
 @register('modelnet40', ('train', 'test'), 'point cloud classification', MODELNET_SRC, 'ModelNet40', dict(train=9843, test=2468),
           aliases={'val': 'test'})
 def modelnet40(split='train', root='data/ModelNet40', num_points:int=1024, transform='auto', name:str='40'):
@@ -701,6 +720,7 @@ class ShapeNetLocal(ShapeNet):
     def download(self):
         raise DatasetNotFoundError(f"shapenet_part: {self.raw_dir} lacks {self.raw_file_names}. Obtain it from {SHAPENET_SRC}.")
 
+# %% ../nbs/02_data.ipynb #dd7673d7
 @register('shapenet_part', ('train', 'val', 'test', 'trainval'), 'point cloud part segmentation', SHAPENET_SRC, 'ShapeNet',
           dict(train=12_137, val=1_870, test=2_874))
 def shapenet_part(split='trainval', root='data/ShapeNet',

@@ -126,6 +126,7 @@ def metric_preds(preds:list, mask_threshold:float=0.5) -> list:
         out.append(d)
     return out
 
+# %% ../nbs/50_detection.ipynb #a20ce596
 def metric_targets(targets:list) -> list:
     "Detection targets as MeanAveragePrecision targets (plain tensors, boolean masks, iscrowd kept)"
     keep = ('boxes', 'labels', 'iscrowd')
@@ -149,6 +150,7 @@ def _drop_crowd(t:dict) -> dict:
     k = t['iscrowd'] == 0
     return {n: (v[k] if n in ('boxes', 'labels', 'masks', 'iscrowd', 'area') else v) for n, v in t.items()}
 
+# %% ../nbs/50_detection.ipynb #0f04781e
 class InstanceTask(DetectionTask):
     "DetectionTask with box and mask mAP: one MeanAveragePrecision per IoU type, masks converted for the metric"
     def __init__(self, iou_types=('bbox',),     # ('bbox',) for Faster R-CNN, ('bbox', 'segm') for Mask R-CNN
@@ -178,6 +180,7 @@ def step_schedule(opt, total_steps:int, steps_per_epoch:int=1,
         return w * gamma ** sum(step >= m * steps_per_epoch for m in milestones)
     return torch.optim.lr_scheduler.LambdaLR(opt, f)
 
+# %% ../nbs/50_detection.ipynb #8e26fa49
 def build_det_sgd(model:nn.Module, lr:float=0.02, momentum:float=0.9, weight_decay:float=1e-4):
     "MMDetection's default optimiser: SGD with weight decay on every trainable parameter"
     return torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr, momentum=momentum, weight_decay=weight_decay)

@@ -97,6 +97,7 @@ class T2TLayer(nn.Module):
         x = self.attn(self.norm1(x))
         return x + self.mlp(self.norm2(x))
 
+# %% ../nbs/10_eamlp.ipynb #0cae8841
 def _check_mixer(mixer):
     if mixer not in ('ea', 'sa'): raise ValueError(f"mixer must be 'ea' (external attention) or 'sa' (self-attention), got {mixer!r}")
     return mixer
@@ -243,6 +244,7 @@ class EAMLP(nn.Module):
         for m in self.modules():
             if isinstance(m, T2TExternalAttention): m.init_memories()
 
+# %% ../nbs/10_eamlp.ipynb #e4074d4f
 def _init_weights(m):
     if isinstance(m, nn.Linear):
         trunc_normal_(m.weight, std=.02)
@@ -260,6 +262,7 @@ def _check_image(self:EAMLP, x):
                          f"resize the images to {self.img_size} or build the model with img_size={x.shape[-1]}")
     return x
 
+# %% ../nbs/10_eamlp.ipynb #7a2d9c39
 @patch
 def forward_features(self:EAMLP, x):
     "Tokens after the final LayerNorm: (B, 1 + patches, d), cls first"
@@ -269,6 +272,7 @@ def forward_features(self:EAMLP, x):
     for blk in self.blocks: x = blk(x)
     return self.norm(x)                                                                # (B, N, d)
 
+# %% ../nbs/10_eamlp.ipynb #531421f7
 @patch
 def forward(self:EAMLP, x):
     "Logits from the cls token: (B, num_classes)"
@@ -300,6 +304,7 @@ def _create(name, pretrained=False, **kwargs):
     for k in _TIMM_ONLY: kwargs.pop(k, None)
     return EAMLP(**{**EAMLP_CONFIGS[name], **kwargs})
 
+# %% ../nbs/10_eamlp.ipynb #cf6b04ca
 def _register(fn):
     with warnings.catch_warnings():  # re-running this cell (or importing after the notebook) re-registers
         warnings.filterwarnings('ignore', message='Overwriting')
@@ -311,16 +316,19 @@ def eamlp_7(pretrained=False, **kwargs):
     "EAMLP-7: d 256, 7 blocks, 4·4 heads (6.15M parameters at 224, 1000 classes)"
     return _create('eamlp_7', pretrained, **kwargs)
 
+# %% ../nbs/10_eamlp.ipynb #10742733
 @_register
 def eamlp_14(pretrained=False, **kwargs):
     "EAMLP-14: d 384, 14 blocks, 6·4 heads (29.88M parameters)"
     return _create('eamlp_14', pretrained, **kwargs)
 
+# %% ../nbs/10_eamlp.ipynb #b4418410
 @_register
 def eamlp_19(pretrained=False, **kwargs):
     "EAMLP-19: d 448, 19 blocks, 7·4 heads (54.56M parameters)"
     return _create('eamlp_19', pretrained, **kwargs)
 
+# %% ../nbs/10_eamlp.ipynb #92b731c2
 @_register
 def eamlp_tiny(pretrained=False, **kwargs):
     "A CPU-sized EAMLP for 32×32 images: 8×8 patches, d 64, 2 blocks"
@@ -342,6 +350,7 @@ def ea_attention(model:EAMLP,    # an EAMLP with mixer='ea'
         q = attn.trans_dims(xs[0]).reshape(B, N, attn.num_heads, -1).transpose(1, 2)     # (B, H, N, d)
         return double_norm(attn.linear_0(q), token_dim=2, memory_dim=3, eps=attn.eps)    # (B, H, N, S)
 
+# %% ../nbs/10_eamlp.ipynb #5a7a1bd4
 def patch_maps(a,           # (B, heads, N, S) attention, cls token first
                grid:int):   # side of the patch grid
     "Fold the patch rows of each memory column onto the grid: (B, heads, S, grid, grid)"

@@ -29,6 +29,7 @@ def _set_dilation_(block:nn.Module, dilation:int):
     for m in block.modules():
         if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3): m.dilation = m.padding = (dilation, dilation)
 
+# %% ../nbs/20_eanet.ipynb #b5a46c71
 def dilate_stage_(stage:nn.Sequential,   # a ResNet stage (layer3 or layer4)
                   dilation:int,          # dilation of its blocks after the first
                   first_dilation:int=1,  # dilation of its first block (torchvision: the previous stage's)
@@ -58,6 +59,7 @@ def _basic_stage(cin:int, cout:int, depth:int, stride:int):
     down = nn.Sequential(conv1x1(cin, cout, stride), nn.BatchNorm2d(cout)) if stride != 1 or cin != cout else None
     return nn.Sequential(BasicBlock(cin, cout, stride, down), *[BasicBlock(cout, cout) for _ in range(depth - 1)])
 
+# %% ../nbs/20_eanet.ipynb #aa63e97f
 def narrow_resnet(widths=(16, 32, 64, 128),  # channels of the four stages
                   depths=(1, 1, 1, 1)):      # BasicBlocks per stage
     "A small BasicBlock ResNet (stem + 4 stages, strides 4, 1, 2, 2, 2) for CPU experiments"
@@ -203,6 +205,7 @@ def check_pair(x, y, what:str='image'):
                          f"got mask {tuple(y.shape)} for {what} {tuple(x.shape)}: resize/crop image and mask together "
                          f"(ea_nb.data.seg_transforms does)")
 
+# %% ../nbs/20_eanet.ipynb #fdf0e126
 def seg_loss(logits,                # (B, K, H, W)
              target,                # (B, H, W) int64 labels
              ignore_index:int=255): # label that takes no part in the loss
@@ -268,6 +271,7 @@ class Materialized(Dataset):
     def __len__(self): return len(self.items)
     def __getitem__(self, i): return self.transforms(*self.items[i]) if self.transforms else self.items[i]
 
+# %% ../nbs/20_eanet.ipynb #c53a15da
 def seg_datasets(dataset:str='shapes', root=None, img_size:int=64, crop_size:int=64, scale_range=None,
                  n_train:int=0, n_val:int=0, train_split:str='train'):  # VOC as in the paper: 'train_aug'
     "Training and validation sets: train rescaled (`scale_range`), cropped to `crop_size` and flipped; val normalised"
@@ -323,6 +327,7 @@ def eanet_trainer(
     return Trainer(net, EANetTask(num_classes), tdl, vdl, opt=opt, sched=poly_schedule, max_steps=iterations,
                    out_dir=out_dir, mixed_precision=mixed_precision, seed=seed, progress=progress)
 
+# %% ../nbs/20_eanet.ipynb #26274946
 def train_eanet(**kwargs) -> dict:
     "Train EANet with `eanet_trainer(**kwargs)`; returns the run's metrics (also in out_dir/metrics.json)"
     return eanet_trainer(**kwargs).fit()

@@ -22,6 +22,7 @@ def _norm_(a, tdim:int, mdim:int, eps:float):
     r = a.sum(mdim, keepdim=True).add_(eps)        # r = ε + Σ_S α̂
     return a.div_(r), r                            # α: each token row sums to 1 over memory
 
+# %% ../nbs/05_fast.ipynb #f3856bdc
 def _norm_backward_(g, a, r, tdim:int, mdim:int):
     "In place on `g`: the gradient w.r.t. the logits, α ⊙ (u − r c)"
     buf = g * a
@@ -72,6 +73,7 @@ def fold_query(q_weight, q_bias, mk_w, mk_b, num_heads:int):
     if mk_b is not None: b = mk_b.expand(num_heads, S) if b is None else b + mk_b
     return w, (None if b is None else b.reshape(-1))
 
+# %% ../nbs/05_fast.ipynb #c7019f64
 def fold_output(mv_w, mv_b, proj_w, proj_b, num_heads:int):
     "Output projection ∘ M_v as one linear layer: weight (C_out, H·S), bias (C_out) or None"
     d, S = mv_w.shape
@@ -80,10 +82,12 @@ def fold_output(mv_w, mv_b, proj_w, proj_b, num_heads:int):
     if mv_b is not None: b = proj_w @ mv_b.repeat(num_heads) + (0 if b is None else b)
     return w, b
 
+# %% ../nbs/05_fast.ipynb #c7e683d4
 def _mm(x, w, b=None):
     "x @ wᵀ (+ b) for 2-D x, as a fresh (not a view) tensor"
     return x @ w.t() if b is None else torch.addmm(b, x, w.t())
 
+# %% ../nbs/05_fast.ipynb #53860a53
 def _fold_pays(fold, tokens:int, d:int, S:int, C:int) -> bool:
     if fold in (True, False): return fold
     if fold != 'auto': raise ValueError(f"fold must be True, False or 'auto', got {fold!r}")
@@ -153,6 +157,7 @@ def _bmm(w, f, b=None):
     w = w.expand(f.shape[0], *w.shape)
     return torch.bmm(w, f) if b is None else torch.baddbmm(b[:, None].expand(f.shape[0], -1, f.shape[2]), w, f)
 
+# %% ../nbs/05_fast.ipynb #e7faca64
 def external_attention2d(x,              # feature map (B, C, H, W)
         conv1_w, conv1_b,                # first 1×1 conv (C, C[, 1, 1]) and its bias
         mk_w, mv_w,                      # M_k (S, C[, 1]) and M_v (C, S[, 1])
@@ -243,6 +248,7 @@ def _mhea_module(dim, heads, coef, S):
     from ea_nb.attention import MultiHeadExternalAttention
     return MultiHeadExternalAttention(dim, num_heads=heads, coef=coef, S=S)
 
+# %% ../nbs/05_fast.ipynb #9cbd60b9
 def _mhea_variant(kind:str, coef:int, dim:int, heads:int, S:int):
     m = _mhea_module(dim, heads, coef, S)
     H, a = m.num_heads, mhea_weights(m)
@@ -285,6 +291,7 @@ def _ea2d_official(m, x):
     x = m.conv2(m.linear_1(attn).view(B, C, H, W))
     return F.relu(x + idn)
 
+# %% ../nbs/05_fast.ipynb #72b9f107
 def _map_variant(name:str, dim:int, S:int):
     "Module and fn(x) for a variant on (B, C, H, W) maps"
     from ea_nb.attention import ExternalAttention2d, SelfAttention2d
@@ -343,6 +350,7 @@ def run_benchmark(variants:list, Ns:list, dim:int=384, heads:int=6, repeats:int=
     try: return _run_benchmark(variants, Ns, dim, heads, repeats, device, backward, S, batch, warmup, dtype, verbose)
     finally: torch.set_num_threads(before)
 
+# %% ../nbs/05_fast.ipynb #507ae148
 def _run_benchmark(variants, Ns, dim, heads, repeats, device, backward, S, batch, warmup, dtype, verbose):
     import pandas as pd
     rows = []
@@ -372,6 +380,7 @@ def ratio(df, a:str, b:str, pass_:str='fwd+bwd', col:str='ms'):
     per_round = {n: statistics.median(ta / tb for ta, tb in zip(t[n, a], t[n, b])) for n in Ns}
     return pd.Series(per_round, name=f'{a}/{b}', dtype=float).rename_axis('N_asked')
 
+# %% ../nbs/05_fast.ipynb #3a4aa384
 def crossover(df, a:str, b:str, pass_:str='fwd+bwd') -> float:
     "Smallest N from which `a` beats `b` at every larger measured N (log-log interpolation); inf if never"
     r = ratio(df, a, b, pass_).dropna()

@@ -39,10 +39,12 @@ def _sn(m:nn.Module, sn:bool=True) -> nn.Module:
     if getattr(m, 'bias', None) is not None: nn.init.zeros_(m.bias)
     return spectral_norm(m) if sn else m
 
+# %% ../nbs/30_gan.ipynb #64776f8c
 def snconv(in_ch:int, out_ch:int, k:int=3, sn:bool=True) -> nn.Module:
     "A `k`×`k` convolution (stride 1, same padding) with spectral norm"
     return _sn(nn.Conv2d(in_ch, out_ch, k, padding=k // 2), sn)
 
+# %% ../nbs/30_gan.ipynb #f44dc7e7
 def snlinear(in_f:int, out_f:int, bias:bool=True, sn:bool=True) -> nn.Module:
     "A linear layer with spectral norm"
     return _sn(nn.Linear(in_f, out_f, bias=bias), sn)
@@ -95,6 +97,7 @@ def sn_self_attention2d(channels:int, reduction:int=8, sn:bool=True) -> nn.Modul
     for c in (m.query_conv, m.key_conv, m.value_conv): _sn(c, sn)
     return m
 
+# %% ../nbs/30_gan.ipynb #19eac6e7
 def attention_block(attn:str, channels:int, S:int=64, ea_style:str='sagan', sn:bool=True) -> nn.Module:
     "The module in the attention slot: 'none' (identity), 'sa' (SAGAN) or 'ea' (style 'sagan' or 'eanet')"
     if attn == 'none': return nn.Identity()
@@ -144,6 +147,7 @@ def gan_arch(img_size:int=32, ch:int=64) -> dict:
                     d_down=[True]*4 + [False], d_res=[32, 16, 8, 4, 4])
     raise ValueError(f"img_size must be 32 or 64, got {img_size!r}")
 
+# %% ../nbs/30_gan.ipynb #c5c637e0
 def _attn_index(res:list, attn_res:int, net:str, attn:str) -> int:
     if attn == 'none': return -1
     if attn_res not in res: raise ValueError(f"attn_res={attn_res} is not a feature-map side of the {net} ({sorted(set(res))}); pick one of them")
@@ -245,6 +249,7 @@ def gan_adam(model:GAN, lr_g:float=1e-4, lr_d:float=4e-4, betas:tuple=(0., 0.9))
     "SAGAN's TTUR optimiser: Adam(betas=(0, 0.9)) with lr `lr_g` for G and `lr_d` for D"
     return torch.optim.Adam([dict(params=model.G.parameters(), lr=lr_g), dict(params=model.D.parameters(), lr=lr_d)], betas=betas)
 
+# %% ../nbs/30_gan.ipynb #3ef928fa
 def _unwrap(m): return getattr(m, 'module', m)
 
 def d_step(model, opt, x, y=None, backward=torch.Tensor.backward) -> torch.Tensor:
@@ -253,6 +258,7 @@ def d_step(model, opt, x, y=None, backward=torch.Tensor.backward) -> torch.Tenso
     opt.step(); opt.zero_grad(set_to_none=True)
     return loss.detach()
 
+# %% ../nbs/30_gan.ipynb #17400fda
 def g_step(model, opt, x, y=None, backward=torch.Tensor.backward) -> torch.Tensor:
     "One generator update (batch size and labels from `x`, `y`); D's gradients are dropped before the step"
     loss = model(x, y, mode='g'); backward(loss)
@@ -274,11 +280,13 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps:float=1e-6) -> float:
     d = mu1 - mu2
     return float(d @ d + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean.real))
 
+# %% ../nbs/30_gan.ipynb #6a803f2a
 def feature_stats(f) -> tuple:
     "Mean and (unbiased) covariance of features `f` (n, d)"
     f = np.asarray(f, np.float64)
     return f.mean(0), np.cov(f, rowvar=False)
 
+# %% ../nbs/30_gan.ipynb #92289bd3
 def fid_from_features(f1, f2) -> float:
     "Fréchet distance between the Gaussians fitted to features `f1` (n1, d) and `f2` (n2, d)"
     return frechet_distance(*feature_stats(f1), *feature_stats(f2))
@@ -302,6 +310,7 @@ class _IS(InceptionScore):
             warnings.simplefilter('ignore')
             return super().compute()[0]
 
+# %% ../nbs/30_gan.ipynb #0f01191d
 def is_metric(logit_extractor:nn.Module, splits:int=10) -> InceptionScore:
     "torchmetrics Inception score (mean over `splits`) on the logits of `logit_extractor`"
     with warnings.catch_warnings():   # torchmetrics warns that IS keeps every feature in memory
@@ -318,6 +327,7 @@ class _ToUint8(nn.Module):
         self.net, self.num_features = net, num_features
     def forward(self, x): return self.net(((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8))
 
+# %% ../nbs/30_gan.ipynb #b5cfec92
 def inception_extractor(weights_path,        # local path of the FID Inception weights file
                         logits:bool=False):  # True: the 1008 logits (for IS); False: the 2048 pool features (FID)
     "The FID Inception v3 (torch-fidelity's) on images in [-1, 1], with weights read from `weights_path`"
@@ -354,6 +364,7 @@ def gan_data(name:str='digits',    # 'digits' | 'faces' | 'cifar10' | 'tiny_imag
                       v2.ToDtype(torch.float32, scale=True), v2.Normalize([0.5]*3, [0.5]*3)])
     return build(name, split, root, transform=tfm)
 
+# %% ../nbs/30_gan.ipynb #877e4ad9
 def num_classes_of(ds:Dataset) -> int:
     "Number of classes of a `gan_data` set"
     if isinstance(ds, TensorDataset): return int(ds.tensors[1].max()) + 1
@@ -464,6 +475,7 @@ def _eval_callback(eval_dl, every:int):
         if every and t.epoch % every == 0: t.task.evals.append(dict(epoch=t.epoch, step=t.step, **t.evaluate(eval_dl)))
     return cb
 
+# %% ../nbs/30_gan.ipynb #d89f58e5
 def plot_losses(losses, fname=None, window:int=20):
     "Seaborn curves of D and G hinge losses (rolling mean over `window` steps), per run when `losses` has a `run` column"
     import seaborn as sns, matplotlib.pyplot as plt

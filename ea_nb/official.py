@@ -56,6 +56,7 @@ def _official_init_(module):
         elif isinstance(m, nn.BatchNorm2d): nn.init.ones_(m.weight); nn.init.zeros_(m.bias)
     return module
 
+# %% ../nbs/60_official.ipynb #9430dbbf
 def official_extractor(n_layers:int=101,         # 50, 101 or 152
                        output_stride:int=8,      # 8 (the released model) or 16
                        bn_momentum:float=0.1):   # official BN momentum
@@ -93,6 +94,7 @@ class OfficialEANet(nn.Module):
         y = self.fc2(self.fc1(self.linu(self.fc0(self.extractor(x)))))     # (B, K, H/8, W/8)
         return F.interpolate(y, size=x.shape[-2:], mode='bilinear', align_corners=True)
 
+# %% ../nbs/60_official.ipynb #d0e5e0d2
 def official_eanet(n_classes:int=21,  # K
                    n_layers:int=101,  # ResNet depth
                    **kwargs):         # other `OfficialEANet` arguments
@@ -116,6 +118,7 @@ def _load_file(path):
                          f"a complete file written by torch.save (EAMLP_7_384/model_best.pth.tar or the EANet VOC .pth): "
                          f"re-download it if it is truncated") from e
 
+# %% ../nbs/60_official.ipynb #5bf2439c
 def read_checkpoint(src,               # path of a checkpoint file, or an already loaded dict
                     use_ema:bool=True): # prefer `state_dict_ema` when the file has one
     "The state dict of `src` without `module.` prefixes, and the entry it came from"
@@ -139,6 +142,7 @@ def detect_kind(sd:dict) -> str|None:
     if any(k.startswith('extractor.') for k in sd) and any(k.startswith('linu.') for k in sd): return 'eanet'
     return None
 
+# %% ../nbs/60_official.ipynb #714d2348
 def _describe(sd):
     k = detect_kind(sd)
     return KINDS[k] if k else f"an unknown state dict ({len(sd)} tensors, first {list(sd)[:3]})"
@@ -158,11 +162,13 @@ def eamlp_from_state_dict(sd:dict, **kwargs) -> EAMLP:
                t2t_S=sd['tokens_to_token.attention1.attn.linear_0.weight'].shape[0])
     return EAMLP(**{**cfg, **kwargs})
 
+# %% ../nbs/60_official.ipynb #a7a40990
 def _build(kind, sd):
     "A model shaped like `sd`; the default released architecture when `sd` lacks a name the shapes are read from"
     try: return eamlp_from_state_dict(sd) if kind == 'eamlp' else eanet_from_state_dict(sd)
     except KeyError: return EAMLP(img_size=384) if kind == 'eamlp' else OfficialEANet()   # `check_keys` then names what is missing
 
+# %% ../nbs/60_official.ipynb #6a03a06c
 def eanet_from_state_dict(sd:dict, **kwargs) -> OfficialEANet:
     "An `OfficialEANet` shaped like the state dict `sd`; `kwargs` override what is read from it"
     n3 = _nblocks(sd, 'extractor.6.')
@@ -179,6 +185,7 @@ def memory_pairs(model:nn.Module):
         if isinstance(m, T2TExternalAttention): yield p, m, lambda w: w.t()
         elif isinstance(m, ExternalAttention2d): yield p, m, lambda w: w.permute(1, 0, 2)
 
+# %% ../nbs/60_official.ipynb #8e9be2c4
 def check_memories(sd:dict, model:nn.Module, tol:float=1e-6) -> dict:
     "For each tied-memory module: is M_v = M_kᵀ in `sd`? ValueError if not and the module is built tied"
     out = {}
@@ -193,10 +200,12 @@ def check_memories(sd:dict, model:nn.Module, tol:float=1e-6) -> dict:
 
 # %% ../nbs/60_official.ipynb #eef6e2a4
 def _model_kind(model): return 'eamlp' if isinstance(model, EAMLP) else 'eanet' if isinstance(model, OfficialEANet) else None
+
 _FITS = dict(eamlp='eamlp_from_state_dict(sd) or eamlp_7(img_size=384)', eanet='official_eanet(n_classes=21, n_layers=101)')
 
 def _few(xs, n=4): return f"{len(xs)} (" + ', '.join(xs[:n]) + (', ...' if len(xs) > n else '') + ')'
 
+# %% ../nbs/60_official.ipynb #755a467c
 def check_keys(sd:dict, model:nn.Module):
     "Raise one ValueError listing every name of `sd` and `model.state_dict()` that is missing, unexpected or misshapen"
     want = model.state_dict()

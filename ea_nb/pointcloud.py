@@ -102,6 +102,7 @@ def knn(query, ref, k:int, mask=None, backend:str|None=None):
     col = col[row.argsort(stable=True)].view(B, M, k)
     return col - (torch.arange(B, device=col.device) * N).view(B, 1, 1)
 
+# %% ../nbs/40_pointcloud.ipynb #65312af9
 def farthest_point_sample(pos, n:int, start:str='first', mask=None, backend:str|None=None):
     "FPS indices (B, n): torch-geometric's `fps` when a backend exists and allows `start`, else `fps_torch`"
     backend = backend or graph_backend()
@@ -131,6 +132,7 @@ class LBR(nn.Module):
     def forward(self, x):
         return self.act(self.norm(self.linear(x).reshape(-1, self.linear.out_features))).reshape(*x.shape[:-1], -1)
 
+# %% ../nbs/40_pointcloud.ipynb #fdd5ca45
 class LocalOp(nn.Module):
     "Two LBRs on grouped features (B, n, k, C), then the max over the k neighbours: (B, n, C')"
     def __init__(self, in_chans:int, out_chans:int):
@@ -226,6 +228,7 @@ def _features(self:PCT, data):
     for blk in self.blocks: xs.append(blk(xs[-1]))
     return self.fuse(torch.cat(xs[1:] + [f], -1))               # (B, n, fuse_dim)
 
+# %% ../nbs/40_pointcloud.ipynb #5dafdf84
 def _forward(self:PCT, data):
     x = self._features(data)
     B, n, C = x.shape
@@ -295,6 +298,7 @@ def shape_ious(pred, y, batch, category, parts):
         out.append(sum(ious) / len(ious))
     return torch.tensor(out, device=pred.device)
 
+# %% ../nbs/40_pointcloud.ipynb #4b39d261
 def restrict_to_category(logits, batch, category, parts):
     "Set the logits of parts outside each point's object category to -inf"
     allowed = torch.zeros(len(parts), logits.shape[1], dtype=torch.bool, device=logits.device)
@@ -322,6 +326,7 @@ class PartIoU(torchmetrics.Metric):
         seen = self.counts > 0
         return dict(miou=self.sums.sum() / self.counts.sum(), miou_class=(self.sums[seen] / self.counts[seen]).mean())
 
+# %% ../nbs/40_pointcloud.ipynb #8d147fc4
 class PartSegTask(Task):
     "Per-point cross-entropy; instance and class mIoU over the parts of each shape's category"
     monitor, mode = 'miou', 'max'
@@ -346,6 +351,7 @@ class RandomScaleShift(BaseTransform):
         data.pos = data.pos * s + t
         return data
 
+# %% ../nbs/40_pointcloud.ipynb #98012cd9
 def pct_transforms(num_points:int=1024, train:bool=True, rotate:Literal['none', 'y', 'z', 'so3']='none', mesh:bool=True):
     "Mesh (or cloud, `mesh=False`) -> `num_points` normalised points; PCT's training augmentation when `train`"
     rot = {'none': [], 'y': [T.RandomRotate(180, axis=1)], 'z': [T.RandomRotate(180, axis=2)],

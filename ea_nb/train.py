@@ -161,6 +161,7 @@ def rng_state() -> dict:
     if torch.cuda.is_available(): s['cuda'] = torch.cuda.get_rng_state_all()
     return s
 
+# %% ../nbs/03_train.ipynb #cad7968a
 def set_rng_state(s:dict):
     "Restore the states saved by `rng_state`"
     random.setstate((s['python'][0], tuple(s['python'][1].tolist()), s['python'][2]))
@@ -301,6 +302,7 @@ def _data_order(self:Trainer):
     gens = dict(sampler=getattr(smp, 'generator', None), loader=getattr(self.train_dl, 'generator', None))
     return smp, {k: g for k, g in gens.items() if isinstance(g, torch.Generator)}
 
+# %% ../nbs/03_train.ipynb #8dc6aea6
 @patch
 def state_dict(self:Trainer) -> dict:
     "The full training state (a collective call: every process must call it)"
@@ -313,6 +315,7 @@ def state_dict(self:Trainer) -> dict:
                 sampler=dict(seed=getattr(smp, 'initial_seed', None), epoch=getattr(smp, 'epoch', None),
                              generators={k: g.get_state() for k, g in gens.items()}))
 
+# %% ../nbs/03_train.ipynb #fd783151
 @patch
 def load_state_dict(self:Trainer, ck:dict):
     "Restore a state saved by `state_dict`"
@@ -352,6 +355,7 @@ def summary(self:Trainer) -> dict:
     return dict(last, **{f'best_{self.task.monitor}': self.best}, epochs=self.n_epochs,
                 sec_per_epoch=sum(times) / len(times), n_params=self.n_params, num_processes=self.acc.num_processes)
 
+# %% ../nbs/03_train.ipynb #66a5ba2d
 @patch
 def _log(self:Trainer, row:dict):
     self.history.append(row)
@@ -412,6 +416,7 @@ def _describe(ann) -> str:
     if typing.get_origin(ann) is Literal: return 'one of ' + ', '.join(map(repr, typing.get_args(ann)))
     return getattr(ann, '__name__', str(ann).replace('typing.', ''))
 
+# %% ../nbs/03_train.ipynb #e4bcf838
 def _fits(v, ann) -> bool:
     if ann is inspect.Parameter.empty or ann is typing.Any: return True
     o, args = typing.get_origin(ann), typing.get_args(ann)
