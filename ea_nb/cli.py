@@ -35,6 +35,9 @@ def load_manifest(root=None) -> dict:
         missing = [k for k in ('notebook', *SCALES) if k not in (e or {})]
         if missing: raise ValueError(f"{path}: entry {name!r} lacks {missing}; each entry needs notebook, tiny, cpu, full")
         if not (root/'nbs'/e['notebook']).exists(): raise FileNotFoundError(f"{path}: entry {name!r} names nbs/{e['notebook']}, which does not exist")
+        seeds = e.get('seeds', [])
+        if not isinstance(seeds, list) or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+            raise ValueError(f"{path}: entry {name!r} has seeds={seeds!r}; seeds must be a list of whole numbers, e.g. [1, 2]")
     return m
 
 # %% ../nbs/04_cli.ipynb #e43653b5
@@ -66,7 +69,8 @@ def run_dir(name:str, scale:str, runs_dir) -> Path:
 
 # %% ../nbs/04_cli.ipynb #8754f5c5
 def run_experiment(name:str, scale:str='cpu', runs_dir=None, overrides:dict|None=None, root=None,
-                   log_output:bool=False, progress_bar:bool=False) -> dict:
+                   log_output:bool=False, progress_bar:bool=False,
+                   seed:int|None=None) -> dict:   # an extra-seed run: the notebook's `seed`, written to <run dir>/seed<seed>
     "Execute experiment `name` of the manifest at `scale` through papermill; return its metrics"
     import papermill as pm
     root = Path(root or project_root())
@@ -74,14 +78,16 @@ def run_experiment(name:str, scale:str='cpu', runs_dir=None, overrides:dict|None
     if name not in m: raise ValueError(f"unknown experiment {name!r}; the manifest lists {sorted(m)}")
     nb = root/'nbs'/m[name]['notebook']
     out = run_dir(name, scale, runs_dir or root/'runs').resolve()
-    params = check_params(nb, {**scale_params(m[name], scale, root), **(overrides or {}), 'out_dir': str(out)})
+    if seed is not None: out = out/f'seed{seed}'
+    extra = {} if seed is None else dict(seed=seed)
+    params = check_params(nb, {**scale_params(m[name], scale, root), **(overrides or {}), **extra, 'out_dir': str(out)})
     out.mkdir(parents=True, exist_ok=True)
     (out/'metrics.json').unlink(missing_ok=True)
     start = time.time()
     try: pm.execute_notebook(str(nb), str(out/'output.ipynb'), parameters=params, cwd=str(nb.parent),
                              kernel_name='python3', log_output=log_output, progress_bar=progress_bar)
     except pm.PapermillExecutionError as e:
-        raise RuntimeError(f"experiment {name!r} ({scale}) failed in cell {e.exec_count}: {e.ename}: {e.evalue}. "
+        raise RuntimeError(f"experiment {name!r} ({scale}{'' if seed is None else f', seed {seed}'}) failed in cell {e.exec_count}: {e.ename}: {e.evalue}. "
                            f"The executed notebook, with the failing cell marked, is {out/'output.ipynb'}") from None
     if not (out/'metrics.json').exists(): raise RuntimeError(f"{nb.name} ran but wrote no metrics.json to out_dir ({out})")
     sets = ' '.join(f'--set {k}={shlex.quote(json.dumps(v))}' for k, v in (overrides or {}).items())
@@ -91,17 +97,20 @@ def run_experiment(name:str, scale:str='cpu', runs_dir=None, overrides:dict|None
 
 # %% ../nbs/04_cli.ipynb #fdd9f310
 def reproduce(scale:str='cpu', only:list|None=None, runs_dir=None, root=None, overrides:dict|None=None, log_output:bool=False) -> dict:
-    "Run the manifest's experiments at `scale`; return {name: metrics}, raising at the end if any failed"
+    "Run the manifest's experiments at `scale` (at cpu scale also their extra `seeds`); return {name or name/seed<s>: metrics}, raising at the end if any failed"
     m = load_manifest(root)
     names = list(only or m)
     unknown = sorted(set(names) - set(m))
     if unknown: raise ValueError(f"unknown experiment(s) {unknown}; the manifest lists {sorted(m)}")
     res, failed = {}, {}
     for n in names:
-        print(f'[ea-nb] {n} ({scale}) ...', flush=True); t = time.time()
-        try: res[n] = run_experiment(n, scale, runs_dir, overrides, root, log_output)
-        except (RuntimeError, ValueError, FileNotFoundError) as e: failed[n] = str(e)
-        print(f'[ea-nb] {n} ({scale}) {"FAILED" if n in failed else "done"} in {time.time()-t:.0f}s', flush=True)
+        seeds = [None] + (m[n].get('seeds', []) if scale == 'cpu' else [])     # None: the run at the notebook's own seed
+        for s in seeds:
+            key = n if s is None else f'{n}/seed{s}'
+            print(f'[ea-nb] {key} ({scale}) ...', flush=True); t = time.time()
+            try: res[key] = run_experiment(n, scale, runs_dir, overrides, root, log_output, seed=s)
+            except (RuntimeError, ValueError, FileNotFoundError) as e: failed[key] = str(e)
+            print(f'[ea-nb] {key} ({scale}) {"FAILED" if key in failed else "done"} in {time.time()-t:.0f}s', flush=True)
     if failed: raise RuntimeError('\n'.join(f'{n}: {e}' for n, e in failed.items()))
     return res
 
