@@ -237,7 +237,8 @@ def main(argv=None):
         try: reproduce(a.scale, a.only, a.runs_dir, overrides=_sets(a.set), log_output=a.log_output)
         except (RuntimeError, ValueError, FileNotFoundError) as e: raise SystemExit(f'ea-nb reproduce: {e}')
     elif a.cmd == 'list':
-        for n, e in load_manifest().items(): print(f"{n:<24} nbs/{e['notebook']}  full: {e['full']}")
+        for n, e in load_manifest().items():
+            print(f"{n:<24} nbs/{e['notebook']}  full: {e['full']}" + (f"  extra cpu seeds: {e['seeds']}" if e.get('seeds') else ''))
     elif a.cmd == 'results': print(f'wrote {run_results()}')
     elif a.cmd == 'evaluate':
         from ea_nb.official import evaluate_official
