@@ -305,17 +305,22 @@ def fid_metric(extractor:nn.Module) -> FrechetInceptionDistance:
 
 # %% ../nbs/30_gan.ipynb #c3ef7979
 class _IS(InceptionScore):
+    "InceptionScore whose split shuffle draws from its own seed, not the global RNG: a score does not depend on what ran before"
+    def __init__(self, *args, seed:int=0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.seed = seed
     def compute(self):
-        with warnings.catch_warnings():   # the std over a single split is undefined; only the mean is returned
-            warnings.simplefilter('ignore')
+        with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
+            warnings.simplefilter('ignore')   # the std over a single split is undefined; only the mean is returned
+            torch.manual_seed(self.seed)
             return super().compute()[0]
 
 # %% ../nbs/30_gan.ipynb #0f01191d
-def is_metric(logit_extractor:nn.Module, splits:int=10) -> InceptionScore:
-    "torchmetrics Inception score (mean over `splits`) on the logits of `logit_extractor`"
+def is_metric(logit_extractor:nn.Module, splits:int=10, seed:int=0) -> InceptionScore:
+    "torchmetrics Inception score (mean over `splits`) on the logits of `logit_extractor`; `seed` fixes the split shuffle"
     with warnings.catch_warnings():   # torchmetrics warns that IS keeps every feature in memory
         warnings.simplefilter('ignore')
-        return _IS(feature=logit_extractor, splits=splits)
+        return _IS(feature=logit_extractor, splits=splits, seed=seed)
 
 # %% ../nbs/30_gan.ipynb #5134a81e
 INCEPTION_FILE = 'weights-inception-2015-12-05-6726825d.pth'
@@ -447,7 +452,7 @@ class GANTask(Task):
     def metrics(self):
         self._gen = torch.Generator().manual_seed(self.eval_seed)
         m = {} if self.extractor is None else dict(fid=fid_metric(self.extractor))
-        if self.logit_extractor is not None: m['is'] = is_metric(self.logit_extractor, self.is_splits)
+        if self.logit_extractor is not None: m['is'] = is_metric(self.logit_extractor, self.is_splits, self.eval_seed)
         return m
 
     def update(self, metrics, out):
