@@ -78,8 +78,8 @@ def run_experiment(name:str, scale:str='cpu', runs_dir=None, overrides:dict|None
     if name not in m: raise ValueError(f"unknown experiment {name!r}; the manifest lists {sorted(m)}")
     nb = root/'nbs'/m[name]['notebook']
     out = run_dir(name, scale, runs_dir or root/'runs').resolve()
+    extra, label = ({}, scale) if seed is None else (dict(seed=seed), f'{scale}, seed {seed}')
     if seed is not None: out = out/f'seed{seed}'
-    extra = {} if seed is None else dict(seed=seed)
     params = check_params(nb, {**scale_params(m[name], scale, root), **(overrides or {}), **extra, 'out_dir': str(out)})
     out.mkdir(parents=True, exist_ok=True)
     (out/'metrics.json').unlink(missing_ok=True)
@@ -87,7 +87,7 @@ def run_experiment(name:str, scale:str='cpu', runs_dir=None, overrides:dict|None
     try: pm.execute_notebook(str(nb), str(out/'output.ipynb'), parameters=params, cwd=str(nb.parent),
                              kernel_name='python3', log_output=log_output, progress_bar=progress_bar)
     except pm.PapermillExecutionError as e:
-        raise RuntimeError(f"experiment {name!r} ({scale}{'' if seed is None else f', seed {seed}'}) failed in cell {e.exec_count}: {e.ename}: {e.evalue}. "
+        raise RuntimeError(f"experiment {name!r} ({label}) failed in cell {e.exec_count}: {e.ename}: {e.evalue}. "
                            f"The executed notebook, with the failing cell marked, is {out/'output.ipynb'}") from None
     if not (out/'metrics.json').exists(): raise RuntimeError(f"{nb.name} ran but wrote no metrics.json to out_dir ({out})")
     sets = ' '.join(f'--set {k}={shlex.quote(json.dumps(v))}' for k, v in (overrides or {}).items())

@@ -6,8 +6,8 @@ Docs: https://ea-nb.github.io/ea-nb/eamlp.html.md"""
 
 # %% auto #0
 __all__ = ['T2T_SPLITS', 'EAMLP_CONFIGS', 'T2TExternalAttention', 'T2TSelfAttention', 'T2TLayer', 't2t_grid', 'TokensToToken',
-           'Block', 'sinusoid_table', 'EAMLP', 'eamlp_7', 'eamlp_14', 'eamlp_19', 'eamlp_tiny', 'ea_attention',
-           'patch_maps', 'plot_attention', 'MixupClassificationTask', 'train_eamlp']
+           'token_mixer', 'Block', 'sinusoid_table', 'EAMLP', 'eamlp_7', 'eamlp_14', 'eamlp_19', 'eamlp_tiny',
+           'ea_attention', 'patch_maps', 'plot_attention', 'MixupClassificationTask', 'train_eamlp']
 
 # %% ../nbs/10_eamlp.ipynb #38995d87
 import math, warnings
@@ -151,6 +151,20 @@ class TokensToToken(nn.Module):
         x = x.transpose(1, 2).unflatten(2, (self.grid[1], self.grid[1]))
         return self.project(self.soft_split2(x).transpose(1, 2))                       # (B, N, embed_dim)
 
+# %% ../nbs/10_eamlp.ipynb #685a86f5
+def token_mixer(dim:int, num_heads:int, mixer:str='ea', coef:int=4, S:int|None=None,
+                query:bool=True, proj:bool=True, share_proj:bool=False,
+                **kw):  # qkv_bias, attn_drop, proj_drop
+    "A block's mixer: self-attention, the paper's multi-head EA, or (any lean option set) `LeanMultiHeadExternalAttention`"
+    official = query and proj and not share_proj
+    if _check_mixer(mixer) == 'sa':
+        if not official: raise ValueError(f"query, proj and share_proj shape external attention; mixer='sa' takes the defaults, "
+                                          f"got query={query}, proj={proj}, share_proj={share_proj}")
+        return SelfAttention(dim, num_heads, **kw)
+    S = S or 256 // coef
+    if official: return MultiHeadExternalAttention(dim, num_heads, coef=coef, S=S, **kw)
+    return LeanMultiHeadExternalAttention(dim, num_heads, coef=coef, S=S, query=query, proj=proj, share_proj=share_proj, **kw)
+
 # %% ../nbs/10_eamlp.ipynb #c939ac24
 class Block(nn.Module):
     "Pre-norm block: x + DropPath(mixer(LN x)), x + DropPath(MLP(LN x)); mixer = multi-head EA or self-attention"
@@ -169,15 +183,9 @@ class Block(nn.Module):
         proj:bool=True,         # EA: keep the output projection (False: lean; needs coef=1)
         share_proj:bool=False): # EA: the projection is the query linear transposed (lean)
         super().__init__()
-        kw = dict(qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop)
-        official = query and proj and not share_proj
         self.norm1 = nn.LayerNorm(dim)
-        if _check_mixer(mixer) == 'sa':
-            if not official: raise ValueError(f"query, proj and share_proj shape external attention; mixer='sa' takes the defaults, got query={query}, proj={proj}, share_proj={share_proj}")
-            self.attn = SelfAttention(dim, num_heads, **kw)
-        elif official: self.attn = MultiHeadExternalAttention(dim, num_heads, coef=coef, S=S or 256 // coef, **kw)
-        else: self.attn = LeanMultiHeadExternalAttention(dim, num_heads, coef=coef, S=S or 256 // coef,
-                                                         query=query, proj=proj, share_proj=share_proj, **kw)
+        self.attn = token_mixer(dim, num_heads, mixer, coef, S, query, proj, share_proj,
+                                qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop)
         self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=proj_drop)
