@@ -67,3 +67,17 @@ def test_citation_cff():
     assert {'type', 'title', 'authors'} <= set(p) and p['doi'] == '10.1109/TPAMI.2022.3211006'
     assert [a['family-names'] for a in p['authors']] == ['Guo', 'Liu', 'Mu', 'Hu']
     assert all({'type', 'title', 'authors'} <= set(r) for r in c.get('references', []))
+
+def test_ea_nb_data(tmp_path):
+    "`ea-nb data --root`: a set whose real layout is there is present (and loads), the others say what is missing"
+    from test_data_loaders import write_cifar, write_modelnet
+    from ea_nb.data import build
+    write_cifar(tmp_path/'cifar10'); write_modelnet(tmp_path/'ModelNet40')
+    r = subprocess.run([sys.executable, '-m', 'ea_nb.cli', 'data', '--root', str(tmp_path)], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    lines = {l.split()[0]: l for l in r.stdout.splitlines() if l and not l.startswith(' ')}
+    assert lines['cifar10'].split()[1:3] == ['present', '(train,'] and lines['modelnet40'].split()[1] == 'present', r.stdout
+    assert len(build('cifar10', 'test', root=tmp_path/'cifar10')) == 2      # present means the loader reads it
+    for name in ('imagenet', 'voc', 'ade20k', 'cityscapes', 'coco', 'shapenet_part', 'tiny_imagenet'):
+        assert name in lines and 'missing' in lines[name] and 'does not exist' in lines[name], lines.get(name)
+    assert 'VOCdevkit/VOC2012/JPEGImages' in lines['voc'] and 'get it from http://host.robots.ox.ac.uk' in r.stdout
