@@ -81,3 +81,15 @@ def test_ea_nb_data(tmp_path):
     for name in ('imagenet', 'voc', 'ade20k', 'cityscapes', 'coco', 'shapenet_part', 'tiny_imagenet'):
         assert name in lines and 'missing' in lines[name] and 'does not exist' in lines[name], lines.get(name)
     assert 'VOCdevkit/VOC2012/JPEGImages' in lines['voc'] and 'get it from http://host.robots.ox.ac.uk' in r.stdout
+
+def test_data_readme_covers_every_data_set():
+    "data/README.md names every real data set's folder, and every experiment file that needs one"
+    import yaml
+    from ea_nb.data import REGISTRY
+    text = (ROOT/'data'/'README.md').read_text()
+    for n, e in REGISTRY.items():
+        if not e['embedded']: assert f"`{e['folder']}/`" in text and f'`{n}`' in text, f'data/README.md lacks {n} ({e["folder"]}/)'
+    for f in sorted((ROOT/'experiments').glob('*.yaml')):
+        cfg = yaml.safe_load(f.read_text())
+        if isinstance(cfg, dict) and cfg.get('dataset') in REGISTRY and not REGISTRY[cfg['dataset']]['embedded']:
+            assert f'`{f.name}`' in text, f'data/README.md does not say that {f.name} uses {cfg["dataset"]}'
