@@ -93,3 +93,12 @@ def test_data_readme_covers_every_data_set():
         cfg = yaml.safe_load(f.read_text())
         if isinstance(cfg, dict) and cfg.get('dataset') in REGISTRY and not REGISTRY[cfg['dataset']]['embedded']:
             assert f'`{f.name}`' in text, f'data/README.md does not say that {f.name} uses {cfg["dataset"]}'
+
+def test_contributing_names_real_commands():
+    "CONTRIBUTING.md's make targets exist, and the notebook it uses as the example is the manifest's"
+    import re, yaml
+    text, make = (ROOT/'CONTRIBUTING.md').read_text(), (ROOT/'Makefile').read_text()
+    targets = set(re.findall(r'`make ([a-z-]+)', text))
+    assert targets >= {'install', 'test', 'sync-check', 'readme'} and all(f'\n{t}:' in make for t in targets), targets
+    entry = yaml.safe_load((ROOT/'experiments'/'manifest.yaml').read_text())['pointcloud']
+    assert f"notebook: {entry['notebook']}" in text and f"full: {entry['full']}" in text
