@@ -9,7 +9,6 @@ import fastcore.test as ft
 from ea_nb.train import (Trainer, ClassificationTask, train_digits, validate_config, load_checkpoint, build_sgd,
                          build_adamw, poly_schedule, cosine_schedule, plot_log)
 
-torch.set_num_threads(1)
 EPOCHS, STOP = 4, 2
 KW = dict(epochs=EPOCHS, lr=1e-2, progress=False)
 
