@@ -34,6 +34,8 @@ docs: install
 	@# nbdev-proc-nbs looks for Quarto and says it cannot install it; smalldocs renders the same project without it
 	PATH="$(CURDIR)/$(BIN):$$PATH" nbdev-proc-nbs
 	$(BIN)/smalldocs render --quiet _proc
+	@# smalldocs links KaTeX from a CDN whatever html-math-method says: point it at the vendored copy (nbs/katex)
+	sed -i -E 's#https://cdn\.jsdelivr\.net/npm/katex@[0-9.]+/dist/#katex/#g' _proc/_docs/*.html
 	@echo "site: _proc/_docs/index.html"
 
 # headless Chromium for the site test (Debian's packages; as root, or through sudo where there is one)

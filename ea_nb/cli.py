@@ -350,6 +350,7 @@ def _parser():
     sub.add_parser('bench', add_help=False, help='time the EA fast paths against the official form, SDPA and the matmul limit (ea-nb bench --help)')
     sub.add_parser('readme', help='write README.md from nbs/index.ipynb')
     sub.add_parser('results', help='execute nbs/90_results.ipynb in place: the results page, from runs/')
+    sub.add_parser('data', help='check which real data sets are in place under a root (data/README.md: where to get them)').add_argument('--root', help='folder holding each data set (default: $EA_NB_DATA or data)')
     e = sub.add_parser('evaluate', help='evaluate a released checkpoint: EAMLP-7@384 on ImageNet val, EANet on VOC val')
     e.add_argument('checkpoint', help='the official .pth / .pth.tar file')
     e.add_argument('--root', help='the data set folder (ImageNet or VOCdevkit layout)')
@@ -416,6 +417,7 @@ def _main(argv):
         for n, e in load_manifest().items():
             print(f"{n:<24} nbs/{e['notebook']}  full: {e['full']}" + (f"  extra cpu seeds: {e['seeds']}" if e.get('seeds') else ''))
     elif a.cmd == 'results': print(f'wrote {run_results()}')
+    elif a.cmd == 'data': from ea_nb.data import check_data, data_report; print(data_report(check_data(a.root)))
     elif a.cmd == 'evaluate':
         from ea_nb.official import evaluate_official
         print(json.dumps(evaluate_official(a.checkpoint, a.root, a.kind, **_sets(a.set)), indent=1, default=str))

@@ -7,16 +7,16 @@ Docs: https://ea-nb.github.io/ea-nb/data.html.md"""
 # %% auto #0
 __all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'REGISTRY', 'SPLIT_ALIASES', 'SHAPE_CLASSES', 'PALETTE', 'PRIMITIVES', 'IMAGENET_SRC',
            'CIFAR_SRC', 'CIFAR_FILES', 'TINY_SRC', 'VOC_SRC', 'ADE_SRC', 'CITY_SRC', 'COCO_SRC', 'MODELNET_SRC',
-           'SHAPENET_SRC', 'DatasetNotFoundError', 'CorruptImageError', 'check_layout', 'load_image', 'load_mask',
-           'RandomScale', 'to_float', 'seg_transforms', 'cls_transforms', 'det_transforms', 'collate_det', 'register',
-           'data_root', 'build', 'Digits', 'Faces', 'render_scene', 'masks_to_boxes_xyxy', 'Shapes', 'revolve',
-           'polyhedron', 'primitive_mesh', 'seeded', 'point_transforms', 'Primitives', 'imagenet', 'imagefolder',
-           'CIFAR10', 'cifar10', 'TinyImageNetVal', 'tiny_imagenet', 'VOCSeg', 'voc', 'ADE20K', 'ade20k',
+           'SHAPENET_SRC', 'DatasetNotFoundError', 'CorruptImageError', 'LayoutChecked', 'check_layout', 'load_image',
+           'load_mask', 'RandomScale', 'to_float', 'seg_transforms', 'cls_transforms', 'det_transforms', 'collate_det',
+           'register', 'data_root', 'build', 'Digits', 'Faces', 'render_scene', 'masks_to_boxes_xyxy', 'Shapes',
+           'revolve', 'polyhedron', 'primitive_mesh', 'seeded', 'point_transforms', 'Primitives', 'imagenet',
+           'imagefolder', 'CIFAR10', 'cifar10', 'TinyImageNetVal', 'tiny_imagenet', 'VOCSeg', 'voc', 'ADE20K', 'ade20k',
            'cityscapes_lut', 'CityscapesSeg', 'cityscapes', 'coco_ann_to_mask', 'CocoInstances', 'coco',
-           'ModelNetLocal', 'modelnet40', 'ShapeNetLocal', 'shapenet_part', 'datasets']
+           'ModelNetLocal', 'modelnet40', 'ShapeNetLocal', 'shapenet_part', 'datasets', 'check_data', 'data_report']
 
 # %% ../nbs/02_data.ipynb #37c06542
-import os, random, pickle, contextlib
+import os, random, pickle, contextlib, contextvars
 from pathlib import Path
 from typing import Callable
 import numpy as np, pandas as pd, torch, torch.nn.functional as F
@@ -45,6 +45,12 @@ class CorruptImageError(OSError):
     "An image or mask file that cannot be decoded"
 
 # %% ../nbs/02_data.ipynb #a9408ad2
+class LayoutChecked(Exception):
+    "What `check_layout` found, raised in place of loading while `check_data` runs the loaders"
+    def __init__(self, root, expected, missing): super().__init__(root, missing); self.expected, self.missing = expected, missing
+
+_LAYOUT_ONLY = contextvars.ContextVar('layout_only', default=False)
+
 def check_layout(name:str,        # data set name, for the message
                  root,            # folder the layout is relative to
                  expected:list,   # relative paths that must exist under `root`
@@ -53,6 +59,7 @@ def check_layout(name:str,        # data set name, for the message
     "Return `root` as a Path, or raise `DatasetNotFoundError` listing what is missing"
     root = Path(root).expanduser()
     missing = [e for e in expected if not (root/e).exists()]
+    if _LAYOUT_ONLY.get(): raise LayoutChecked(root, expected, missing)   # check_data
     if root.is_dir() and not missing: return root
     state = 'is incomplete' if root.is_dir() else 'does not exist'
     raise DatasetNotFoundError(
@@ -745,3 +752,34 @@ def datasets() -> pd.DataFrame:
                  default_root='' if e['embedded'] else str(data_root(n)), source=e['source'])
             for n, e in REGISTRY.items()]
     return pd.DataFrame(rows).set_index('name')
+
+# %% ../nbs/02_data.ipynb #e1a7c0d3
+def check_data(root=None) -> dict:   # root holding each set's folder; None: $EA_NB_DATA, default `data`
+    "For each real data set: its root, whether it exists, the splits present, the paths expected and missing per split, its source"
+    out, token = {}, _LAYOUT_ONLY.set(True)
+    try:
+        for n, e in REGISTRY.items():
+            if e['embedded']: continue
+            r, expected, missing = Path(root)/e['folder'] if root is not None else data_root(n), [], {}
+            for s in e['splits']:
+                try: e['fn'](split=s, root=r)
+                except LayoutChecked as c: expected += c.expected; missing[s] = c.missing
+                else: raise RuntimeError(f"{n}: its loader made no check_layout call; check_data cannot check it")
+            out[n] = dict(root=str(r), exists=r.is_dir(), present=[s for s, m in missing.items() if not m],
+                          expected=list(dict.fromkeys(expected)), missing={s: m for s, m in missing.items() if m},
+                          source=e['source'])
+    finally: _LAYOUT_ONLY.reset(token)
+    return out
+
+# %% ../nbs/02_data.ipynb #e1a7c0d4
+def data_report(checked:dict) -> str:   # what `check_data` returned
+    "One line per data set: present and its splits, or what is missing; then where to get what is missing"
+    lines = []
+    for n, c in checked.items():
+        gone = list(dict.fromkeys(p for m in c['missing'].values() for p in m))
+        has = f"present ({', '.join(c['present'])})" if c['present'] else ''
+        if not gone: lines.append(f"{n:<14} {has}  {c['root']}"); continue
+        lack = (f"missing: {c['root']} does not exist; it should hold {', '.join(c['expected'])}" if not c['exists'] else
+                f"missing{' for ' + ', '.join(c['missing']) if c['present'] else ''}: {', '.join(gone)} under {c['root']}")
+        lines += [f"{n:<14} {has + '; ' if has else ''}{lack}", f"{'':<14} get it from {c['source']}"]
+    return '\n'.join(lines)
