@@ -6,18 +6,20 @@ Docs: https://ea-nb.github.io/ea-nb/data.html.md"""
 
 # %% auto #0
 __all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'REGISTRY', 'SPLIT_ALIASES', 'SHAPE_CLASSES', 'PALETTE', 'PRIMITIVES', 'IMAGENET_SRC',
-           'CIFAR_SRC', 'CIFAR_FILES', 'TINY_SRC', 'VOC_SRC', 'ADE_SRC', 'CITY_SRC', 'COCO_SRC', 'MODELNET_SRC',
-           'SHAPENET_SRC', 'DatasetNotFoundError', 'CorruptImageError', 'LayoutChecked', 'check_layout', 'load_image',
-           'load_mask', 'RandomScale', 'to_float', 'seg_transforms', 'cls_transforms', 'det_transforms', 'collate_det',
-           'register', 'data_root', 'build', 'Digits', 'Faces', 'render_scene', 'masks_to_boxes_xyxy', 'Shapes',
-           'revolve', 'polyhedron', 'primitive_mesh', 'seeded', 'point_transforms', 'Primitives', 'imagenet',
-           'imagefolder', 'CIFAR10', 'cifar10', 'TinyImageNetVal', 'tiny_imagenet', 'VOCSeg', 'voc', 'ADE20K', 'ade20k',
-           'cityscapes_lut', 'CityscapesSeg', 'cityscapes', 'coco_ann_to_mask', 'CocoInstances', 'coco',
-           'ModelNetLocal', 'modelnet40', 'ShapeNetLocal', 'shapenet_part', 'datasets', 'check_data', 'data_report']
+           'PICKLE_ALLOWED', 'CIFAR_SRC', 'CIFAR_FILES', 'TINY_SRC', 'VOC_SRC', 'ADE_SRC', 'CITY_SRC', 'COCO_SRC',
+           'MODELNET_SRC', 'SHAPENET_SRC', 'DatasetNotFoundError', 'CorruptImageError', 'LayoutChecked', 'check_layout',
+           'load_image', 'load_mask', 'RandomScale', 'to_float', 'seg_transforms', 'cls_transforms', 'det_transforms',
+           'collate_det', 'register', 'data_root', 'build', 'Digits', 'Faces', 'render_scene', 'masks_to_boxes_xyxy',
+           'Shapes', 'revolve', 'polyhedron', 'primitive_mesh', 'seeded', 'point_transforms', 'Primitives', 'imagenet',
+           'imagefolder', 'SafeUnpickler', 'safe_unpickle', 'CIFAR10', 'cifar10', 'TinyImageNetVal', 'tiny_imagenet',
+           'VOCSeg', 'voc', 'ADE20K', 'ade20k', 'cityscapes_lut', 'CityscapesSeg', 'cityscapes', 'coco_ann_to_mask',
+           'CocoInstances', 'coco', 'ModelNetLocal', 'check_off', 'raw_fingerprint', 'modelnet40', 'ShapeNetLocal',
+           'shapenet_part', 'datasets', 'check_data', 'data_report']
 
 # %% ../nbs/02_data.ipynb #37c06542
 import os, random, pickle, contextlib, contextvars
 from pathlib import Path
+from fastcore.basics import patch
 from typing import Callable
 import numpy as np, pandas as pd, torch, torch.nn.functional as F
 from PIL import Image, ImageDraw
@@ -478,20 +480,40 @@ def imagefolder(split='train', root='data/imagefolder', img_size:int=224, transf
     "Any ImageFolder tree `root/<split>/<class>/<image>`"
     return _image_folder('imagefolder', root, split, 'your own images', _auto(transform, cls_transforms(img_size, split == 'train')))
 
+# %% ../nbs/02_data.ipynb #bf159c76
+PICKLE_ALLOWED = {('numpy.core.multiarray', '_reconstruct'), ('numpy._core.multiarray', '_reconstruct'), ('numpy', 'ndarray'),
+                  ('numpy', 'dtype'), ('_codecs', 'encode')}   # what a pickled numpy array needs, nothing that runs code
+
+class SafeUnpickler(pickle.Unpickler):
+    "Unpickles containers, numbers, strings and numpy arrays only: a crafted data file cannot run code"
+    def find_class(self, module, name):
+        if (module, name) in PICKLE_ALLOWED: return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"it asks for {module}.{name}; a data file may hold only arrays, numbers and strings")
+
+def safe_unpickle(path, encoding:str='latin1'):
+    "The object pickled in `path`, read with `SafeUnpickler`; a ValueError names the file if it is not plain data"
+    try:
+        with open(path, 'rb') as f: return SafeUnpickler(f, encoding=encoding).load()
+    except (pickle.UnpicklingError, EOFError, ValueError) as e:
+        raise ValueError(f"{path} is not a plain-data pickle ({e}); replace it with the file from the data set's publisher") from None
+
 # %% ../nbs/02_data.ipynb #97a378a2
 CIFAR_SRC = 'https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz'
 CIFAR_FILES = [f'cifar-10-batches-py/{f}' for f in [*(f'data_batch_{i}' for i in range(1, 6)), 'test_batch', 'batches.meta']]
 
 class CIFAR10(tvd.CIFAR10):
-    "torchvision's CIFAR10 (download=False) whose integrity check can be the layout check alone"
+    "torchvision's CIFAR10 read through `safe_unpickle` (the python batches are pickles); md5 checked if asked"
     def __init__(self, root, train=True, transform=None, verify_md5:bool=False):
-        self.verify_md5 = verify_md5
-        super().__init__(root, train=train, transform=transform, download=False)
+        tvd.VisionDataset.__init__(self, str(root), transform=transform)
+        self.verify_md5, self.train = verify_md5, train
+        if not self._check_integrity(): raise DatasetNotFoundError(f"cifar10: {root} fails the md5 check; re-extract {CIFAR_SRC}")
+        batches = [safe_unpickle(Path(root)/self.base_folder/f) for f, _ in (self.train_list if train else self.test_list)]
+        self.data = np.vstack([b['data'] for b in batches]).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)   # (N, 32, 32, 3) uint8
+        self.targets = [t for b in batches for t in b.get('labels', b.get('fine_labels', []))]
+        self._load_meta()
     def _check_integrity(self): return super()._check_integrity() if self.verify_md5 else True
     def _load_meta(self):
-        if self.verify_md5: return super()._load_meta()
-        with open(Path(self.root)/self.base_folder/self.meta['filename'], 'rb') as f: meta = pickle.load(f, encoding='latin1')
-        self.classes = meta[self.meta['key']]
+        self.classes = safe_unpickle(Path(self.root)/self.base_folder/self.meta['filename'])[self.meta['key']]
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
 
 # %% ../nbs/02_data.ipynb #699cb644
@@ -539,6 +561,9 @@ def tiny_imagenet(split='train', root='data/tiny-imagenet-200', img_size:int=64,
 # %% ../nbs/02_data.ipynb #2d3edcdd
 def _seg_sample(img_path, mask_path, transforms, lut=None):
     img, mask = tv_tensors.Image(TF.pil_to_tensor(load_image(img_path))), load_mask(mask_path)
+    if img.shape[-2:] != mask.shape: raise ValueError(
+        f"{mask_path}: the mask is {mask.shape[1]}x{mask.shape[0]} but its image {img_path} is {img.shape[-1]}x{img.shape[-2]} "
+        f"(width x height); a mask must match its image pixel for pixel: re-extract the pair")
     mask = tv_tensors.Mask(lut[mask] if lut is not None else mask)
     return transforms(img, mask) if transforms else (img, mask)
 
@@ -699,6 +724,37 @@ class ModelNetLocal(ModelNet):
     def download(self):
         raise DatasetNotFoundError(f"ModelNet{self.name}: no class folders under {self.raw_dir}; expected "
                                    f"raw/<class>/{{train,test}}/<class>_0001.off. Obtain it from {MODELNET_SRC}.")
+
+# %% ../nbs/02_data.ipynb #74179605
+def check_off(path) -> Path:
+    "`path` if it is a complete OFF mesh (header, counts, every vertex and face line), else a ValueError naming it"
+    lines = [l for l in Path(path).read_text(errors='replace').splitlines() if l.strip() and not l.startswith('#')]
+    head = lines[0].strip() if lines else ''
+    if head.startswith('OFF') and head[3:].strip(): counts, body = head[3:].split(), lines[1:]   # ModelNet's 'OFF490 518 0'
+    elif head == 'OFF' and len(lines) > 1: counts, body = lines[1].split(), lines[2:]
+    else: raise ValueError(f"{path}: not an OFF mesh (first line {head[:30]!r}, expected 'OFF'); re-extract it from {MODELNET_SRC}")
+    try: nv, nf = int(counts[0]), int(counts[1])
+    except (ValueError, IndexError): raise ValueError(f"{path}: malformed OFF header {' '.join(counts)!r}, expected 'vertices faces edges'") from None
+    if len(body) < nv + nf: raise ValueError(f"{path}: truncated OFF mesh: its header announces {nv} vertices and {nf} faces, "
+                                             f"the file holds {len(body)} lines of them; re-extract it from {MODELNET_SRC}")
+    return Path(path)
+
+# %% ../nbs/02_data.ipynb #7bdb3463
+def raw_fingerprint(folder, pattern:str='*') -> str:
+    "A digest of the names, sizes and modification times of the files under `folder`: it changes when any of them does"
+    import hashlib
+    files = sorted(p for p in Path(folder).rglob(pattern) if p.is_file())
+    return hashlib.sha1('\n'.join(f"{p.relative_to(folder)} {p.stat().st_size} {p.stat().st_mtime_ns}" for p in files).encode()).hexdigest()
+
+@patch
+def _process(self:ModelNetLocal):
+    "PyG's processing, redone when the raw meshes changed since processed/ was made, every mesh checked first"
+    stamp, fp = Path(self.processed_dir)/'raw_fingerprint.txt', raw_fingerprint(self.raw_dir, '*.off')
+    if not stamp.is_file() or stamp.read_text() != fp:        # PyG itself only compares the transforms
+        for f in self.processed_paths: Path(f).unlink(missing_ok=True)
+        for f in sorted(Path(self.raw_dir).rglob('*.off')): check_off(f)
+    super(ModelNetLocal, self)._process()
+    stamp.write_text(fp)
 
 # %% ../nbs/02_data.ipynb #7d54ccb8
 @register('modelnet40', ('train', 'test'), 'point cloud classification', MODELNET_SRC, 'ModelNet40', dict(train=9843, test=2468),

@@ -106,14 +106,17 @@ _ENTRIES = ('state_dict_ema', 'state_dict', 'model', 'net')   # where checkpoint
 
 def _load_file(path):
     p = Path(path)
+    if p.is_dir(): raise IsADirectoryError(f"checkpoint {p} is a folder: pass the checkpoint file in it "
+                                          f"({', '.join(sorted(f.name for f in p.glob('*.pth*'))[:3]) or 'no .pth file there'})")
     if not p.is_file(): raise FileNotFoundError(f"checkpoint {p} does not exist: download the official weights and pass their path")
+    if p.stat().st_size == 0: raise ValueError(f"checkpoint {p} is empty (0 bytes): the download or copy did not finish; fetch it again")
     try:
         with torch.serialization.safe_globals([argparse.Namespace]), warnings.catch_warnings():
             warnings.filterwarnings('ignore', message='Detected pickle protocol')   # a plain pickle: rejected just below
             return torch.load(p, map_location='cpu', weights_only=True)
     except Exception as e:
         why = ('it is a pickle of objects other than tensors and containers' if 'Weights only load failed' in str(e)
-               else f"{type(e).__name__}: {str(e).strip().splitlines()[0][:160]}")
+               else f"{type(e).__name__}: {(str(e).strip().splitlines() or ['no message'])[0][:160]}")
         raise ValueError(f"{p} is not a readable PyTorch checkpoint ({why}); expected "
                          f"a complete file written by torch.save (EAMLP_7_384/model_best.pth.tar or the EANet VOC .pth): "
                          f"re-download it if it is truncated") from e
