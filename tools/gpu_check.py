@@ -28,9 +28,11 @@ On the GPU machine (python 3.12, torch 2.11, no package registry), from the repo
     make gpu-wheels
     # there (the device tool: carry [".whl/gpu"], timeout_s 600): unpack the wheels, run with ea_nb from the working
     # tree, results into $OUT/gpu (what the tool brings back); then copy them to runs/gpu/ here and commit them
-    python3 tools/gpu_wheels.py --offline --unpack .whl/site && PYTHONPATH=$PWD:$PWD/.whl/site timeout 570 python3 tools/gpu_check.py --out "$OUT/gpu"
+    python3 tools/gpu_wheels.py --offline --unpack .whl/site && PYTHONPATH=$PWD:$PWD/.whl/site timeout 570 python3 tools/gpu_check.py --out "$OUT/gpu" --commit <HEAD>
 
-`make gpu-check GPU_ARGS='--out "$OUT/gpu"'` does the same where there is no .venv. Instead of unpacking, where pip is
+<HEAD> is `git rev-parse HEAD` here, written into the command (the device's copy of the tree may have no .git;
+env.json also records a sha256 of ea_nb/*.py and tools/*.py). `make gpu-check GPU_ARGS='--out "$OUT/gpu"'` does the same
+where there is no .venv. Instead of unpacking, where pip is
 there: `python3 -m pip install --no-deps --no-index --target .whl/site .whl/gpu/*.whl`. The default total budget is
 540 s (`--budget`); a section that runs out of its share stops, says what it did not do, and the next one starts.
 
@@ -143,6 +145,15 @@ def _git(*args):
     try: return subprocess.run(['git', *args], cwd=ROOT, capture_output=True, text=True, timeout=20).stdout.strip()
     except Exception as e: return f'unavailable ({type(e).__name__})'
 
+COMMIT = dict(commit=None, dirty=None)   # set by main(): --commit, else `git rev-parse HEAD` (a copied tree may have no .git)
+
+def _tree_sha() -> str:
+    "sha256 over ea_nb/*.py and tools/*.py: names the code that ran even where there is no git"
+    import hashlib
+    h = hashlib.sha256()
+    for f in sorted([*(ROOT/'ea_nb').glob('*.py'), *(ROOT/'tools').glob('*.py')]): h.update(f.name.encode() + f.read_bytes())
+    return h.hexdigest()
+
 def _nvidia_smi():
     try:
         r = subprocess.run(['nvidia-smi', '--query-gpu=name,driver_version,memory.total,power.limit,clocks.max.sm',
@@ -161,7 +172,7 @@ def env_section(ctx):
              cuda_available=torch.cuda.is_available(), device=str(ctx.device), torch_threads=torch.get_num_threads(),
              matmul_tf32=torch.backends.cuda.matmul.allow_tf32, cudnn_tf32=torch.backends.cudnn.allow_tf32,
              float32_matmul_precision=torch.get_float32_matmul_precision(),
-             git_commit=_git('rev-parse', 'HEAD'), git_dirty=bool(_git('status', '--porcelain', '--untracked-files=no')),
+             git_commit=COMMIT['commit'], git_dirty=COMMIT['dirty'], ea_nb_sha256=_tree_sha(),
              packages={p: version(p) for p in PACKAGES}, argv=sys.argv, started_utc=time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
              pythonpath=os.environ.get('PYTHONPATH', ''))
     if ctx.cuda:
@@ -802,7 +813,7 @@ def write_summary(out:Path, results:list, args, t0:float):
              f"Written by `tools/gpu_check.py` ({' '.join(sys.argv[1:])}); total {time.perf_counter() - t0:.0f} s of a {args.budget:.0f} s budget.", '',
              '| section | status | s | checks | summary |', '|---|---|---|---|---|']
     for r in results:
-        lines.append(f"| {r['section']} | {r['status']} | {r['seconds']:.0f} | {r['checks_passed']}/{r['checks_total']} | {r['summary'].replace('|', '/')} |")
+        lines.append(f"| {r['section']} | {r['status']} | {r['seconds']:.0f} | {r['checks_passed']}/{r['checks_total']} | {r['summary'].replace('|', chr(92) + '|')} |")
     for r in results:
         if r.get('notes') or r['section'] == 'dryrun':
             lines += ['', f"## {r['section']}"]
@@ -820,7 +831,11 @@ def main(argv=None):
     p.add_argument('--budget', type=float, default=None, help='total seconds for all sections (default 540 on the GPU; 300 with --quick, a ceiling: about 40 s on an idle 2-core CPU)')
     p.add_argument('--only', nargs='+', choices=list(SECTIONS), help='run only these sections')
     p.add_argument('--skip', nargs='+', default=[], choices=list(SECTIONS), help='skip these sections')
+    p.add_argument('--commit', help='the ea_nb git commit to record where the tree has no .git (default: git rev-parse HEAD)')
     args = p.parse_args(argv)
+    head = _git('rev-parse', 'HEAD')
+    COMMIT.update(commit=args.commit or (head if re.fullmatch(r'[0-9a-f]{40}', head or '') else 'unknown (no git here: pass --commit)'),
+                  dirty=None if args.commit else bool(_git('status', '--porcelain', '--untracked-files=no')))
     if torch.device(args.device).type == 'cuda' and not torch.cuda.is_available():
         p.error(f"--device {args.device} but CUDA is not available here (torch {torch.__version__}, built for CUDA {torch.version.cuda}); pass --device cpu")
     args.budget = args.budget or (300. if args.quick else 540.)
