@@ -12,6 +12,7 @@ def _load():
     return m
 
 gc = _load()
+pytestmark = pytest.mark.xdist_group('gpu_check')   # the self-check runs once, on one worker
 
 @pytest.fixture(scope='module')
 def selfcheck(tmp_path_factory):

@@ -469,6 +469,16 @@ def _probe(ctx, api, variants, N, kw):
     ctx.reset_peak()
     return out
 
+def _flash_usable(ctx, head_dim:int):
+    "Whether SDPA's flash kernel runs here in bf16 at this head dim (then the bf16 'sa' rows are flash attention)"
+    if not ctx.cuda: return None
+    from torch.nn.attention import sdpa_kernel, SDPBackend
+    q = torch.randn(1, 2, 256, head_dim, device=ctx.device, dtype=torch.bfloat16)
+    try:
+        with sdpa_kernel([SDPBackend.FLASH_ATTENTION]): F.scaled_dot_product_attention(q, q, q)
+        return True
+    except RuntimeError as e: return f'no: {str(e).splitlines()[0][:160]}'
+
 @section('bench', 150, 30)
 def bench_section(ctx):
     import pandas as pd
@@ -532,12 +542,12 @@ def bench_section(ctx):
                 r = rat(d, v, sa_of[fam])
                 if r is not None: cross[f'{dt}/{v}'] = api.crossover(d, v, sa_of[fam])
     res['crossover_N_vs_sdpa'] = cross
-    mh, core = sub('mhea', 'bfloat16' if ctx.cuda else 'float32'), sub('core', 'float32')
+    res['sdpa_flash_bf16'] = _flash_usable(ctx, cfg['dim'] // cfg['heads'])
+    mh = sub('mhea', 'bfloat16' if ctx.cuda else 'float32')
     big = [n for n in cfg['core_Ns'] if n >= (16384 if not ctx.quick else 0)]
-    r_core = rat(core, 'core_fast', 'core_mm')
     r_off = rat(mh, 'mhea4_official', 'mhea4_fast')
     res['targets'] = {   # reported, not asserted
-        'core_fast_over_mm_fp32_N16k+ (target <= 1.2)': {str(n): at(r_core, n) for n in big},
+        **{f'core_fast_over_mm_{dt}_N16k+ (target <= 1.2)': {str(n): at(rat(sub('core', dt), 'core_fast', 'core_mm'), n) for n in big} for dt in res['dtypes']},
         'mhea4_official_over_fast_bf16_N197 (target >= 1.3)': at(r_off, 197),
         'mhea4_official_over_fast_bf16_N1025 (target >= 1.3)': at(r_off, 1025),
     }
