@@ -77,3 +77,8 @@ def test_gpu_cells_found():
 def test_cuda_without_cuda_is_a_clear_error(tmp_path):
     r = subprocess.run([sys.executable, str(TOOL), '--device', 'cuda', '--out', str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and 'CUDA is not available' in r.stderr and '--device cpu' in r.stderr
+
+def test_nbdev_test_runner_runs_the_notebook_it_is_given():
+    "The notebooks section's `nbdev-test --flags gpu <nb>` (no console script needed) passes on a notebook that passes"
+    r = gc._run([sys.executable, '-c', gc._NBDEV_TEST, 'nbs/index.ipynb', 'gpu'], 300)
+    assert r['rc'] == 0 and 'Success.' in r['tail'], r
