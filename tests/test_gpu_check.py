@@ -28,7 +28,7 @@ def test_selfcheck_writes_every_section(selfcheck):
     for name in gc.SECTIONS: assert (out/('env.json' if name == 'env' else f'{name}.json')).exists(), name
     for f in ('summary.md', 'summary.json', 'parity.csv', 'bench.csv', 'compile.csv', 'train.csv', 'dryrun.csv'): assert (out/f).stat().st_size > 0, f
     summary = json.loads((out/'summary.json').read_text())['sections']
-    assert list(summary) == list(gc.SECTIONS)
+    assert list(summary) == list(gc.ORDER) and set(gc.ORDER) == set(gc.SECTIONS)
     assert {s['status'] for s in summary.values()} <= {'ok', 'skipped', 'partial'}, summary
     assert len([l for l in r.stdout.splitlines() if l.startswith('[')]) == len(gc.SECTIONS)   # one line per section
     assert not list(out.glob('*.traceback.txt'))

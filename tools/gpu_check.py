@@ -13,11 +13,12 @@ budget so that the whole check stays under 10 minutes on one GPU):
   pytest     `pytest -m gpu` on the test files that hold gpu-marked tests                        -> pytest.json
   bench      experiments/bench.yaml at full scale in fp32 and bf16: CUDA-synchronised times, peak
              memory (torch.cuda.max_memory_allocated), crossover N against SDPA self-attention    -> bench.json/.csv
-  compile    torch.compile'd against eager for the EA modules and SDPA self-attention            -> compile.json/.csv
   train      training steps (forward, backward, optimiser) in bf16 autocast: EAMLP-14 at 224 beside
              DeiT-S (same width 384), and EANet (ResNet-101, output stride 8) at the VOC crop 513 -> train.json/.csv
   dryrun     each paper-scale yaml of experiments/: its model built at the configured size and one
              forward/backward step on random input of the configured shape (no data, no weights)  -> dryrun.json/.csv
+  compile    torch.compile'd against eager: the EA modules and SDPA self-attention; last, as one
+             compilation cannot be cut short when the budget is spent                            -> compile.json/.csv
 
 plus summary.md and summary.json (rewritten after every section, so a killed run still leaves a summary).
 Every section prints one line: `[name] status seconds: what it found`.
@@ -48,6 +49,8 @@ if str(ROOT) not in sys.path: sys.path.insert(0, str(ROOT))   # ea_nb from this 
 
 import torch, torch.nn as nn, torch.nn.functional as F
 
+# the order the sections run in: compile last, because one compilation cannot be cut short when its budget is spent
+ORDER = ('env', 'imports', 'parity', 'notebooks', 'pytest', 'bench', 'train', 'dryrun', 'compile')
 STATUSES = ('ok', 'fail', 'error', 'partial', 'skipped')   # fail: a check did not hold; error: the section raised
 
 # ---------------------------------------------------------------------------------------------------- the harness
@@ -572,8 +575,8 @@ def compile_section(ctx):
     dim, heads, S, B = (32, 2, 8, 2) if ctx.quick else (384, 6, 64, 8)
     Ns = [64] if ctx.quick else [1025, 16385]
     builders = [('mhea4 (MultiHeadExternalAttention)', lambda: MultiHeadExternalAttention(dim, num_heads=heads, coef=4, S=S), 'tokens'),
-                ('core (ExternalAttention)', lambda: ExternalAttention(dim, S=S), 'tokens'),
                 ('sa (SelfAttention, SDPA)', lambda: SelfAttention(dim, num_heads=heads), 'tokens'),
+                ('core (ExternalAttention)', lambda: ExternalAttention(dim, S=S), 'tokens'),
                 ('ea2d (ExternalAttention2d)', lambda: ExternalAttention2d(dim, S=S), 'map')]
     if ctx.quick: builders = builders[:2]
     rows = []
@@ -589,7 +592,7 @@ def compile_section(ctx):
             g = torch.randn_like(x)
             row = dict(model=name, N=N if kind == 'tokens' else side * side, dtype=str(dt)[6:], batch=B, backend=backend)
             try:
-                mc = torch.compile(m, backend=backend)
+                mc = torch.compile(m, backend=backend, dynamic=False)
                 t = time.perf_counter(); yc = mc(x); yc.backward(g); ctx.sync(); row['compile_s'] = time.perf_counter() - t
                 ye = m(x)
                 err = _rel(yc, ye); row['compiled_vs_eager_rel_err'] = err
@@ -640,10 +643,10 @@ def _train_one(ctx, name, build, make_batch, loss_fn, opt_fn, bs, steps, warmup,
             ctx.check(f'{name}: finite losses', all(math.isfinite(l) for l in r['losses']), losses=r['losses'])
             return r
         except torch.cuda.OutOfMemoryError:
-            model = opt = None; gc.collect(); ctx.reset_peak()
             if bs == 1: raise
-            ctx.note(f'{name}: out of memory at batch {bs}; retrying at {bs // 2}')
-            bs //= 2
+        model = opt = None; gc.collect(); ctx.reset_peak()      # after the except block, whose traceback held the activations
+        ctx.note(f'{name}: out of memory at batch {bs}; retrying at {bs // 2}')
+        bs //= 2
 
 @section('train', 70, 40)
 def train_section(ctx):
@@ -837,7 +840,7 @@ def write_summary(out:Path, results:list, args, t0:float):
                                         sections={r['section']: {k: r[k] for k in ('status', 'seconds', 'summary', 'checks_passed', 'checks_total')} for r in results}))
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split('\n')[0], epilog='sections: ' + ', '.join(SECTIONS))
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0], epilog='sections, in this order: ' + ', '.join(ORDER))
     p.add_argument('--out', default=str(ROOT/'runs'/'gpu'), help='folder for every file this check writes (default runs/gpu)')
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu', help="'cuda' (default where present) or 'cpu'")
     p.add_argument('--quick', action='store_true', help='tiny sizes and budgets: the CPU self-check (tests/test_gpu_check.py)')
@@ -854,7 +857,7 @@ def main(argv=None):
     args.budget = args.budget or (300. if args.quick else 540.)
     out = Path(args.out); out.mkdir(parents=True, exist_ok=True)
     for f in out.glob('*.traceback.txt'): f.unlink()
-    names = [n for n in (args.only or SECTIONS) if n not in args.skip]
+    names = [n for n in (args.only or ORDER) if n not in args.skip]
     full = sum(SECTIONS[n][2 if args.quick else 1] for n in names)
     scale = min(1., args.budget / full)                        # budgets shrink to fit the total
     t0, results = time.perf_counter(), []
