@@ -82,3 +82,11 @@ def test_nbdev_test_runner_runs_the_notebook_it_is_given():
     "The notebooks section's `nbdev-test --flags gpu <nb>` (no console script needed) passes on a notebook that passes"
     r = gc._run([sys.executable, '-c', gc._NBDEV_TEST, 'nbs/index.ipynb', 'gpu'], 300)
     assert r['rc'] == 0 and 'Success.' in r['tail'], r
+
+def test_rerun_with_only_keeps_the_other_sections(tmp_path):
+    "A rerun of some sections (--only) into the same folder leaves the others' results in the summary"
+    args = ['--device', 'cpu', '--quick', '--out', str(tmp_path), '--only']
+    assert gc.main(args + ['env']) == 0 and gc.main(args + ['imports']) == 0
+    s = json.loads((tmp_path/'summary.json').read_text())['sections']
+    assert list(s) == ['env', 'imports'] and s['env']['status'] == s['imports']['status'] == 'ok'
+    assert '| env |' in (tmp_path/'summary.md').read_text()

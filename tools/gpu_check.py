@@ -36,6 +36,8 @@ env.json also records a sha256 of ea_nb/*.py and tools/*.py). `make gpu-check GP
 where there is no .venv. Instead of unpacking, where pip is
 there: `python3 -m pip install --no-deps --no-index --target .whl/site .whl/gpu/*.whl`. The default total budget is
 540 s (`--budget`); a section that runs out of its share stops, says what it did not do, and the next one starts.
+With 15 minutes of device time in all (the machine's start counts too), leave room for a rerun: `--only parity bench`
+(any sections; each is independent) reruns just those into the same folder, and `--budget 360` shortens a full run.
 
 On the CPU, the self-check at tiny sizes (tests/test_gpu_check.py runs it):
 
@@ -856,8 +858,10 @@ def main(argv=None):
         p.error(f"--device {args.device} but CUDA is not available here (torch {torch.__version__}, built for CUDA {torch.version.cuda}); pass --device cpu")
     args.budget = args.budget or (300. if args.quick else 540.)
     out = Path(args.out); out.mkdir(parents=True, exist_ok=True)
-    for f in out.glob('*.traceback.txt'): f.unlink()
     names = [n for n in (args.only or ORDER) if n not in args.skip]
+    for n in names: (out/f'{n}.traceback.txt').unlink(missing_ok=True)
+    kept = {} if not args.only else {n: json.loads((out/('env.json' if n == 'env' else f'{n}.json')).read_text())   # --only: the others stay
+                                     for n in ORDER if n not in names and (out/('env.json' if n == 'env' else f'{n}.json')).exists()}
     full = sum(SECTIONS[n][2 if args.quick else 1] for n in names)
     scale = min(1., args.budget / full)                        # budgets shrink to fit the total
     t0, results = time.perf_counter(), []
@@ -869,7 +873,8 @@ def main(argv=None):
         else:
             results.append(dict(section=n, status='skipped', seconds=0., summary='no time left in the total budget', checks_passed=0, checks_total=0, notes=[]))
             write_json(out/('env.json' if n == 'env' else f'{n}.json'), results[-1])
-        write_summary(out, results, args, t0)
+        done = {r['section']: r for r in results}
+        write_summary(out, [done.get(m) or kept[m] for m in dict.fromkeys([*ORDER, *names]) if m in done or m in kept], args, t0)
     bad = [r['section'] for r in results if r['status'] in ('fail', 'error')]
     print(f"gpu_check: {len(results) - len(bad)}/{len(results)} sections without failures in {time.perf_counter() - t0:.0f}s; results in {out}", flush=True)
     return 1 if bad else 0
