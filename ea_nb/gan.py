@@ -31,7 +31,7 @@ from torchvision.utils import make_grid
 from .core import save_json, write_metrics, torch_save_atomic, seed_everything, count_params
 from .attention import ExternalAttention, ExternalAttention2d, SelfAttention2d, check_input
 from .data import build
-from .train import Task, ClassificationTask, Trainer, build_adamw, digits_cnn, load_checkpoint
+from .train import Task, ClassificationTask, Trainer, build_adamw, cosine_schedule, digits_cnn, load_checkpoint
 
 # %% ../nbs/30_gan.ipynb #95422a22
 def _sn(m:nn.Module, sn:bool=True) -> nn.Module:
@@ -392,15 +392,16 @@ def train_proxy(dataset:str='digits',   # a `gan_data` set
                 epochs:int=4,           # classifier epochs
                 width:int=16,           # digits_cnn width (features: 2·width)
                 bs:int=32,              # batch size
-                lr:float=1e-2,          # AdamW learning rate
+                lr:float=1e-2,          # AdamW peak learning rate
+                warmup_epochs:float=1., # linear warm-up, then cosine decay to lr/100
                 seed:int=0,             # weights and data order
                 path=None,              # load from here if it exists, else train and save here
                 progress:bool=False) -> tuple:
     "Train (or load) the proxy classifier; returns (features extractor, logits extractor, info dict)"
-    meta = dict(dataset=dataset, img_size=img_size, width=width)
+    meta = dict(dataset=dataset, img_size=img_size, width=width, epochs=epochs, schedule='cosine')
     if path is not None and Path(path).is_file():
         ck = torch.load(path, map_location='cpu', weights_only=True)
-        if {k: ck['info'][k] for k in meta} != meta:
+        if {k: ck['info'].get(k) for k in meta} != meta:
             raise ValueError(f"proxy classifier {path} was trained for {ck['info']}, not {meta}: delete it or pass another proxy_path")
         net = digits_cnn(ck['info']['num_classes'], width=width); net.load_state_dict(ck['model'])
         return ProxyFeatures(net), ProxyFeatures(net, logits=True), ck['info']
@@ -409,8 +410,9 @@ def train_proxy(dataset:str='digits',   # a `gan_data` set
     nc = num_classes_of(tr)
     net = digits_cnn(nc, width=width)
     t = Trainer(net, ClassificationTask(nc), DataLoader(tr, bs, shuffle=True), DataLoader(va, 2*bs), epochs=epochs, seed=seed,
-                opt=partial(build_adamw, lr=lr), progress=progress)
-    info = dict(meta, num_classes=nc, val_acc=t.fit()['acc'], epochs=epochs)
+                opt=partial(build_adamw, lr=lr),
+                sched=partial(cosine_schedule, warmup_epochs=warmup_epochs, warmup_lr=lr / 100, min_lr=lr / 100), progress=progress)
+    info = dict(meta, num_classes=nc, val_acc=t.fit()['acc'])
     net = t.unwrapped.cpu().eval()
     if path is not None: torch_save_atomic(dict(model=net.state_dict(), info=info), path)
     return ProxyFeatures(net), ProxyFeatures(net, logits=True), info

@@ -6,7 +6,6 @@ from pathlib import Path
 from PIL import Image
 from ea_nb.data import build, CorruptImageError, DatasetNotFoundError, ModelNetLocal, cityscapes_lut
 
-torch.set_num_threads(1)
 
 pytestmark = pytest.mark.usefixtures('no_network')   # conftest: the network is off for every test here
 

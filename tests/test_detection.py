@@ -7,7 +7,6 @@ from torch.utils.data import DataLoader
 from ea_nb.data import build, collate_det
 from ea_nb.detection import detector, small_detector_kwargs, InstanceTask, detection_trainer
 
-torch.set_num_threads(1)
 
 pytestmark = pytest.mark.usefixtures('no_network')   # conftest: the network is off for every test here
 

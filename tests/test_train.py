@@ -9,7 +9,6 @@ import fastcore.test as ft
 from ea_nb.train import (Trainer, ClassificationTask, train_digits, validate_config, load_checkpoint, build_sgd,
                          build_adamw, poly_schedule, cosine_schedule, plot_log)
 
-torch.set_num_threads(1)
 EPOCHS, STOP = 4, 2
 KW = dict(epochs=EPOCHS, lr=1e-2, progress=False)
 
@@ -177,3 +176,47 @@ def test_iteration_based_max_steps(tmp_path):
     t = _tiny(tmp_path, epochs=100, max_steps=7); r = t.fit()  # 5 batches per epoch: 2 epochs, stopped at step 7 where poly reaches 0
     ft.test_eq((t.n_epochs, r['step'], r['epoch']), (2, 7, 2))
     ft.test_eq([g['lr'] for g in t.opt.param_groups], [0.] * len(t.opt.param_groups))
+
+
+# A training process killed (SIGKILL) at a chosen write: the n-th write of best.pt, last.pt or log.csv dies after
+# half of the temporary file is on disk, as a kill in the middle of the write would leave it.
+_KILLER = '''
+import os, signal, sys
+from pathlib import Path
+import ea_nb.train as T
+out, target, nth = sys.argv[1], sys.argv[2], int(sys.argv[3])
+real, seen = T.atomic_write, []
+def dying_write(path, data):
+    path = Path(path); seen.append(path.name)
+    if path.name == target and seen.count(target) == nth:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        (path.parent/f'.{path.name}.killed.tmp').write_bytes((data.encode() if isinstance(data, str) else data)[:len(data) // 2])
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(path, data)
+T.atomic_write = dying_write
+T.train_digits(out_dir=out, epochs=3, width=8, progress=False)
+'''
+KILL_KW = dict(epochs=3, width=8, progress=False)
+
+@pytest.fixture(scope='module')
+def uninterrupted(tmp_path_factory):
+    d = tmp_path_factory.mktemp('whole')
+    return train_digits(out_dir=str(d), **KILL_KW), d
+
+@pytest.mark.parametrize('target, nth', [('best.pt', 2), ('last.pt', 2), ('log.csv', 3)])
+def test_kill_and_resume(uninterrupted, tmp_path, target, nth):
+    "Killed at a write and resumed: the same metrics as an uninterrupted run, best.pt and last.pt agree, no temporaries"
+    import subprocess, sys
+    whole, wd = uninterrupted
+    r = subprocess.run([sys.executable, '-c', _KILLER, str(tmp_path), target, str(nth)], capture_output=True, text=True)
+    assert r.returncode == -9, f'the process was not killed at {target} #{nth}: {r.returncode} {r.stderr[-500:]}'
+    assert list(tmp_path.rglob('*.tmp')), 'the kill left no temporary file: the test did not kill mid-write'
+    res = train_digits(out_dir=str(tmp_path), resume=True, **KILL_KW)
+    same = ('epoch', 'step', 'train_loss', 'valid_loss', 'acc', 'best_acc')
+    ft.test_eq({k: res[k] for k in same}, {k: whole[k] for k in same})
+    best, last = (load_checkpoint(tmp_path/'ckpt'/f) for f in ('best.pt', 'last.pt'))
+    ft.test_eq(best['best'], last['best'])                                       # best.pt holds the best epoch ...
+    ft.test_eq(best['history'][-1]['acc'], last['best'])                         # ... and is that epoch's state
+    wb = load_checkpoint(wd/'ckpt'/'best.pt')['model']
+    assert all(torch.equal(best['model'][k], wb[k]) for k in wb)                 # the same weights as without the kill
+    ft.test_eq(list(tmp_path.rglob('*.tmp')), [])
