@@ -8,7 +8,7 @@ SCALE ?= cpu
 # pytest workers: notebooks and smoke runs are independent, so use every core
 WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: install test test-threads reproduce docs sync-check browser lab readme clean
+.PHONY: install test test-threads reproduce docs sync-check browser lab readme clean gpu-check gpu-wheels
 
 install: $(STAMP)
 
@@ -60,6 +60,22 @@ test-threads: install
 reproduce: install
 	$(BIN)/ea-nb reproduce --scale $(SCALE)
 	$(BIN)/ea-nb results
+
+# the prepared GPU check (tools/gpu_check.py): every measurement into runs/gpu/ (GPU_ARGS='--out DIR' elsewhere).
+# Here: the venv (make gpu-check GPU_ARGS='--device cpu --quick' is the CPU self-check). Where there is no venv (the GPU
+# machine): python3 with the wheels of `make gpu-wheels` unpacked into .whl/site, ea_nb from this tree.
+GPU_ARGS ?=
+gpu-check:
+ifeq ($(wildcard $(BIN)/python),)
+	@test -d .whl/site || python3 tools/gpu_wheels.py --offline --unpack .whl/site
+	PYTHONPATH="$(CURDIR):$(CURDIR)/.whl/site" python3 tools/gpu_check.py $(GPU_ARGS)
+else
+	PYTHONPATH="$(CURDIR)" $(BIN)/python tools/gpu_check.py $(GPU_ARGS)
+endif
+
+# wheels the GPU machine lacks (python 3.12, manylinux x86_64; no registry there) into .whl/gpu, unpacked into .whl/site
+gpu-wheels: install
+	$(BIN)/python tools/gpu_wheels.py --dest .whl/gpu --unpack .whl/site
 
 readme: install
 	$(BIN)/ea-nb readme
