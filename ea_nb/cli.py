@@ -46,6 +46,9 @@ def load_manifest(root=None) -> dict:
         missing = [k for k in ('notebook', *SCALES) if k not in (e or {})]
         if missing: raise ValueError(f"{path}: entry {name!r} lacks {missing}; each entry needs notebook, tiny, cpu, full")
         if not (root/'nbs'/e['notebook']).exists(): raise FileNotFoundError(f"{path}: entry {name!r} names nbs/{e['notebook']}, which does not exist")
+        r = e.get('rtol', 0.05)
+        if not isinstance(r, (int, float)) or isinstance(r, bool) or not 0 <= r <= 1:
+            raise ValueError(f"{path}: entry {name!r} has rtol={r!r}; rtol (the relative tolerance of `ea-nb reproduce --check`) must be a number in [0, 1]")
         seeds = e.get('seeds', [])
         if not isinstance(seeds, list) or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
             raise ValueError(f"{path}: entry {name!r} has seeds={seeds!r}; seeds must be a list of whole numbers, e.g. [1, 2]")
@@ -182,7 +185,7 @@ def compare_metrics(committed:list[dict],   # leaves of the committed runs: the 
                     fresh:list[dict],       # the fresh runs' leaves, in the same order
                     labels:list[str],       # the runs' names ('', 'seed1', ...)
                     tol:float=3.,           # allowed |difference| in seed-to-seed standard deviations
-                    rtol:float=0.05) -> list[dict]: # allowed relative difference where there is no spread
+                    rtol:float=0.05) -> list[dict]: # allowed relative difference (also where there is no spread)
     "One row per non-timing metric of every run: committed, fresh, difference, seed sd, z and a status"
     rows = []
     for lab, c, f in zip(labels, committed, fresh):
@@ -192,7 +195,7 @@ def compare_metrics(committed:list[dict],   # leaves of the committed runs: the 
             if a is None or b is None: status, d, z = 'missing', None, None
             else:
                 d = b - a; z = d / sd if sd > 0 else None
-                ok = abs(z) <= tol if z is not None else abs(d) <= rtol * max(abs(a), 1e-12)
+                ok = abs(d) <= max(tol * sd, rtol * abs(a))
                 status = 'equal' if a == b else 'within' if ok else 'outside'
             rows.append(dict(run=lab, metric=k, committed=a, fresh=b, diff=d, seed_sd=sd, z=z, status=status))
     return rows
@@ -203,7 +206,8 @@ def check_reproduction(scale:str='cpu', only:list|None=None,
                        into=None,                    # scratch folder for the fresh runs (default: a new temporary one)
                        root=None, overrides:dict|None=None,
                        threads:int|None=None,        # run the notebooks at this CPU thread count
-                       tol:float=3., rtol:float=0.05, log_output:bool=False) -> tuple[list[dict], Path]:
+                       tol:float=3., rtol:float=0.05,   # see `compare_metrics`; a manifest entry's own `rtol` wins
+                       log_output:bool=False) -> tuple[list[dict], Path]:
     "Re-run experiments into a scratch folder and compare every non-timing metric with the committed runs"
     root = Path(root or project_root())
     m, against = load_manifest(root), Path(against or root/'runs')
@@ -225,7 +229,7 @@ def check_reproduction(scale:str='cpu', only:list|None=None,
                              diff=None, seed_sd=0., z=None, note=str(e)))
             continue
         leaves = lambda d: [metric_leaves(load_json(run_dir(n, scale, d)/l/'metrics.json')) for l in labels]
-        rows += [dict(experiment=n, **r) for r in compare_metrics(leaves(against), leaves(into), labels, tol, rtol)]
+        rows += [dict(experiment=n, **r) for r in compare_metrics(leaves(against), leaves(into), labels, tol, m[n].get('rtol', rtol))]
     return rows, into
 
 # %% ../nbs/04_cli.ipynb #16c94631
