@@ -23,7 +23,8 @@ def _source(item) -> str:
     "The code a test runs: a notebook's code cells for the notebook tests, else the test function's source"
     nb = getattr(item, 'callspec', None) and item.callspec.params.get('nb')
     if nb: return '\n'.join(''.join(c['source']) for c in json.loads(Path(nb).read_text())['cells'] if c['cell_type'] == 'code')
-    return inspect.getsource(item.function) if hasattr(item, 'function') else ''
+    src = inspect.getsource(item.function) if hasattr(item, 'function') else ''
+    return src[src.find('def '):]                      # the body, not the decorators (their parameters are not bounds)
 
 def pytest_collection_modifyitems(items):
     for item in items:
