@@ -50,7 +50,7 @@ def _double_norm_setup(ctx, inputs, output):
     ctx.save_for_backward(*output)
 
 def _double_norm_grad(ctx, g, _):
-    return double_norm_backward_op(g, *ctx.saved_tensors, ctx.token_dim, ctx.memory_dim), None, None, None
+    return torch.ops.ea_nb.double_norm_backward(g, *ctx.saved_tensors, ctx.token_dim, ctx.memory_dim), None, None, None
 
 double_norm_op.register_autograd(_double_norm_grad, setup_context=_double_norm_setup)
 for _device in ('cpu', 'cuda'): torch.library.register_autocast('ea_nb::double_norm', _device, torch.float32)
@@ -61,7 +61,7 @@ def double_norm(attn,               # logits α̃ = F M_kᵀ
         memory_dim:int=-1,          # axis of the S memory slots: ℓ1 runs over it
         eps:float=1e-9):            # keeps the ℓ1 step finite
     "The paper's double normalisation (softmax over tokens, then ℓ1 over memory): the `ea_nb::double_norm` operator"
-    return double_norm_op(attn, token_dim, memory_dim, eps)[0]
+    return torch.ops.ea_nb.double_norm(attn, token_dim, memory_dim, eps)[0]   # looked up by name: one registration
 
 # %% ../nbs/05_fast.ipynb #276d10ea
 def fold_query(q_weight, q_bias, mk_w, mk_b, num_heads:int):
