@@ -63,6 +63,15 @@ def double_norm(attn,               # logits α̃ = F M_kᵀ
     "The paper's double normalisation (softmax over tokens, then ℓ1 over memory): the `ea_nb::double_norm` operator"
     return torch.ops.ea_nb.double_norm(attn, token_dim, memory_dim, eps)[0]   # looked up by name: one registration
 
+# %% ../nbs/05_fast.ipynb #55a998e2
+def _norm_private(z, token_dim:int, memory_dim:int, eps:float):
+    "α of logits that only the caller holds: in place in eager inference, else the `ea_nb::double_norm` operator"
+    if (torch.is_grad_enabled() and z.requires_grad) or torch.compiler.is_compiling() or torch.is_autocast_enabled(z.device.type):
+        return double_norm(z, token_dim, memory_dim, eps)
+    if z.device.type == 'cpu': torch.ops.aten._softmax.out(z, token_dim, False, out=z)   # PyTorch's fused kernel, into its input
+    else: z = z.softmax(token_dim)
+    return z.div_(z.sum(memory_dim, keepdim=True).add_(eps))
+
 # %% ../nbs/05_fast.ipynb #276d10ea
 def fold_query(q_weight, q_bias, mk_w, mk_b, num_heads:int):
     "M_k ∘ query linear as one linear layer: weight (H·S, C), bias (H·S) or None"
@@ -113,7 +122,7 @@ def multihead_external_attention(x,  # tokens (B, N, C)
     else:
         q = x if q_weight is None else F.linear(x, q_weight, q_bias)             # (B, N, H·d)
         z = _mm(q.reshape(B*N*H, d), mk_w, mk_b)                                   # (B·N·H, S)
-    a = double_norm(z.view(B, N, H, S), token_dim=1, memory_dim=3, eps=eps)        # (B, N, H, S): over N, then S
+    a = _norm_private(z.view(B, N, H, S), 1, 3, eps)             # (B, N, H, S): over N, then S
     a = F.dropout(a, attn_drop, training).view(B, N, H*S)                         # (B, N, H·S)
     if proj_w is not None and _fold_pays(fold, B*N, d, S, proj_w.shape[0]):
         return F.linear(a, *fold_output(mv_w, mv_b, proj_w, proj_b, H))          # (B, N, C_out)
@@ -177,7 +186,7 @@ def external_attention2d(x,              # feature map (B, C, H, W)
     if _fold_pays(fold, B*H*W, C, wk.shape[0], C): wk, bk, w1, wv, w2 = wk @ w1, (None if conv1_b is None else wk @ conv1_b), None, w2 @ wv, None
     else: bk = None
     if w1 is not None: f = _bmm(w1, f, conv1_b)                          # conv1 (unfolded)
-    a = double_norm(_bmm(wk, f, bk), token_dim=2, memory_dim=1, eps=eps)  # (B, S, N): softmax over N, ℓ1 over S
+    a = _norm_private(_bmm(wk, f, bk), 2, 1, eps)                        # (B, S, N): softmax over N, ℓ1 over S
     o = _bmm(wv, a)                                                      # (B, C, N)
     if w2 is not None: o = _bmm(w2, o)                                   # conv2 (unfolded)
     return F.relu(norm(o.view(B, C, H, W)) + x)
