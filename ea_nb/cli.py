@@ -413,7 +413,7 @@ def _main(argv):
     a, rest = _parser().parse_known_args(argv)
     if rest and a.cmd != 'bench': _parser().error(f"unrecognized arguments: {' '.join(rest)}")
     if a.cmd == 'bench':
-        from ea_nb.fast import bench_main
+        from ea_nb.bench import bench_main
         return bench_main(rest)
     if a.cmd == 'reproduce':
         try:
