@@ -6,7 +6,7 @@ Docs: https://ea-nb.github.io/ea-nb/core.html.md"""
 
 # %% auto #0
 __all__ = ['atomic_write', 'save_json', 'load_json', 'write_metrics', 'torch_save_atomic', 'seed_everything', 'default_device',
-           'count_params', 'load_resnet_weights']
+           'count_params', 'check_sizes', 'check_fold', 'load_resnet_weights']
 
 # %% ../nbs/00a_core.ipynb #1b72715c
 import json, os, random, tempfile
@@ -82,6 +82,17 @@ def count_params(module:nn.Module, unique:bool=True, trainable_only:bool=False) 
     if not unique: return sum(p.numel() for p in ps)
     storages = {p.untyped_storage().data_ptr(): p.untyped_storage().nbytes() // p.element_size() for p in ps}
     return sum(storages.values())
+
+# %% ../nbs/00a_core.ipynb #310fb1b1
+def check_sizes(name:str, **sizes):
+    "Raise unless every size given is a whole number ≥ 1 (module constructors)"
+    for k, v in sizes.items():
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name}: {k} must be a whole number ≥ 1, got {v!r} ({type(v).__name__}); e.g. {k}={dict(S=64, num_heads=8, coef=4).get(k, 64)}")
+
+def check_fold(name:str, fold):
+    "Raise unless `fold` is True, False or 'auto'"
+    if not (fold is True or fold is False or fold == 'auto'): raise ValueError(f"{name}: fold must be True, False or 'auto', got {fold!r}")
 
 # %% ../nbs/00a_core.ipynb #afe8bb71
 def load_resnet_weights(net:nn.Module, path) -> nn.Module:

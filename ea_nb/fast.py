@@ -13,6 +13,7 @@ __all__ = ['LINEAR_OR_IDENTITY', 'double_norm_op', 'double_norm_backward_op', 'd
 # %% ../nbs/05_fast.ipynb #87339071
 import math
 import torch, torch.nn as nn, torch.nn.functional as F
+from .core import check_sizes, check_fold
 
 # %% ../nbs/05_fast.ipynb #72126338
 def _norm_backward_(g, a, r, tdim:int, mdim:int):
@@ -267,6 +268,7 @@ class LeanMultiHeadExternalAttention(nn.Module):
         fast_path:bool=True,   # take the fused kernel when it computes the same function (see `fast_path_reason`)
         **kwargs):             # other timm `attn_layer` kwargs: accepted, unused
         super().__init__()
+        check_sizes(type(self).__name__, dim=dim, num_heads=num_heads, coef=coef, S=S); check_fold(type(self).__name__, fold)
         if dim % num_heads: raise ValueError(f"dim must be divisible by num_heads: got dim={dim}, num_heads={num_heads}")
         if coef != 1 and not (query and proj): raise ValueError(f"coef={coef} needs both the query linear and the projection (query=True, proj=True), or use coef=1")
         if share_proj and not (query and proj): raise ValueError("share_proj=True ties the projection to the query linear: it needs query=True and proj=True")

@@ -144,3 +144,38 @@ def test_resume_with_another_configuration(stopped_run, change, words):
 def test_not_an_ea_nb_checkpoint(tmp_path):
     torch.save({'weights': torch.zeros(1)}, tmp_path/'x.pt')
     with pytest.raises(ValueError, match=r"x\.pt is not an ea_nb checkpoint: it lacks \['model', 'opt', 'epoch', 'step'\]"): load_checkpoint(tmp_path/'x.pt')
+
+# ---------- modules: sizes and options at construction, dtypes at the call ----------
+from ea_nb.attention import ExternalAttention, ExternalAttention2d, MultiHeadExternalAttention
+from ea_nb.fast import LeanMultiHeadExternalAttention
+
+@pytest.mark.parametrize('build, words', [
+    (lambda: ExternalAttention(8, S=0), 'ExternalAttention: S must be a whole number ≥ 1, got 0'),
+    (lambda: ExternalAttention(8, S=-1), 'S must be a whole number ≥ 1, got -1'),
+    (lambda: ExternalAttention(8, S=2.5), 'got 2.5 (float)'),
+    (lambda: ExternalAttention(0), 'dim must be a whole number ≥ 1, got 0'),
+    (lambda: ExternalAttention(8, fold='yes'), "fold must be True, False or 'auto', got 'yes'"),
+    (lambda: ExternalAttention2d(8, S=0), 'ExternalAttention2d: S must be a whole number ≥ 1, got 0'),
+    (lambda: ExternalAttention2d(8, fold='no'), "fold must be True, False or 'auto'"),
+    (lambda: MultiHeadExternalAttention(8, num_heads=0), 'num_heads must be a whole number ≥ 1, got 0'),
+    (lambda: MultiHeadExternalAttention(8, coef=-1), 'coef must be a whole number ≥ 1, got -1'),
+    (lambda: MultiHeadExternalAttention(8, coef=0), 'coef must be a whole number ≥ 1, got 0'),
+    (lambda: MultiHeadExternalAttention(8, num_heads=3), 'dim must be divisible by num_heads: got dim=8, num_heads=3'),
+    (lambda: LeanMultiHeadExternalAttention(8, num_heads=0), 'LeanMultiHeadExternalAttention: num_heads must be a whole number ≥ 1')])
+def test_module_constructor(build, words):
+    with pytest.raises(ValueError, match=__import__('re').escape(words)): build()
+
+@pytest.mark.parametrize('m, x, words', [
+    (ExternalAttention(8), torch.ones(2, 4, 8, dtype=torch.long), 'got dtype torch.int64: convert it, e.g. x.float()'),
+    (ExternalAttention(8), torch.ones(2, 4, 8, dtype=torch.bool), 'got dtype torch.bool'),
+    (ExternalAttention(8), torch.ones(2, 4, 8, dtype=torch.complex64), 'got dtype torch.complex64'),
+    (ExternalAttention(8), torch.ones(2, 4, 8).half(), 'expected a torch.float32 input for this torch.float32 module, got torch.float16'),
+    (ExternalAttention2d(8), torch.ones(2, 8, 4, 4).half(), 'or run under torch.autocast'),
+    (MultiHeadExternalAttention(8, num_heads=2), torch.ones(2, 4, 8).double(), 'got torch.float64: pass x.to(torch.float32)'),
+    (MultiHeadExternalAttention(8, num_heads=2), torch.ones(2, 4, 8, 1), 'expected (B, N, C) tokens with C=8, got shape (2, 4, 8, 1)')])
+def test_module_input(m, x, words):
+    with pytest.raises((TypeError, ValueError), match=__import__('re').escape(words)): m(x)
+
+def test_module_autocast_input_is_accepted():
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        assert ExternalAttention(8)(torch.randn(2, 4, 8).bfloat16()).dtype == torch.bfloat16
