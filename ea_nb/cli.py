@@ -229,7 +229,9 @@ def check_reproduction(scale:str='cpu', only:list|None=None,
                              diff=None, seed_sd=0., z=None, note=str(e)))
             continue
         leaves = lambda d: [metric_leaves(load_json(run_dir(n, scale, d)/l/'metrics.json')) for l in labels]
-        rows += [dict(experiment=n, **r) for r in compare_metrics(leaves(against), leaves(into), labels, tol, m[n].get('rtol', rtol))]
+        asked = set(_thread_override(root/'nbs'/m[n]['notebook'], threads)) | set(overrides or {})   # differ on purpose
+        rows += [dict(experiment=n, **r) for r in compare_metrics(leaves(against), leaves(into), labels, tol, m[n].get('rtol', rtol))
+                 if re.split(r'[.\[]', r['metric'])[-1] not in asked]
     return rows, into
 
 # %% ../nbs/04_cli.ipynb #16c94631
