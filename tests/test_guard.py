@@ -42,4 +42,4 @@ def test_reproduce_check_cli(tmp_path):
     assert r.returncode == 1 and 'outside  sq' in r.stdout and 'committed           12 fresh            9' in r.stdout, r.stdout
     assert json.loads((root/'runs'/'demo_tiny'/'metrics.json').read_text()) == {'sq': 12}   # committed runs untouched
     r = _check(root, '--scale', 'tiny', '--threads', '2')
-    assert r.returncode == 1 and 'demo.ipynb has no thread parameter' in r.stderr, r.stderr
+    assert r.returncode == 2 and 'demo.ipynb has no thread parameter' in r.stderr, r.stderr   # a usage error

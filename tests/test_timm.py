@@ -77,10 +77,8 @@ def test_benchmark_pipeline():
     loss.backward()
     assert all(p.grad is not None for p in model.head.parameters()) and math.isfinite(loss.item())
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError, reason="benchmark.py's profile mode counts FLOPs with fvcore, whose jit "
-                   "trace cannot hold ea_nb.fast's double-norm autograd Function (RuntimeError unordered_map::at); "
-                   "ea_nb.complexity.count_macs (torch.utils.flop_counter) counts these models")
 def test_benchmark_profile_fvcore():
+    "benchmark.py's profile mode: fvcore's jit trace of the model counts its FLOPs (the double norm is one registered op)"
     from fvcore.nn import FlopCountAnalysis
     model = timm.create_model('eamlp_tiny').eval()
     fca = FlopCountAnalysis(model, torch.randn((1,) + tuple(resolve_data_config({}, model=model)['input_size'])))

@@ -184,7 +184,9 @@ _KILLER = '''
 import os, signal, sys
 from pathlib import Path
 import ea_nb.train as T
+import torch
 out, target, nth = sys.argv[1], sys.argv[2], int(sys.argv[3])
+torch.set_num_threads(int(sys.argv[4]))   # the test's own thread count: the resumed run must be the same computation
 real, seen = T.atomic_write, []
 def dying_write(path, data):
     path = Path(path); seen.append(path.name)
@@ -208,7 +210,7 @@ def test_kill_and_resume(uninterrupted, tmp_path, target, nth):
     "Killed at a write and resumed: the same metrics as an uninterrupted run, best.pt and last.pt agree, no temporaries"
     import subprocess, sys
     whole, wd = uninterrupted
-    r = subprocess.run([sys.executable, '-c', _KILLER, str(tmp_path), target, str(nth)], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, '-c', _KILLER, str(tmp_path), target, str(nth), str(torch.get_num_threads())], capture_output=True, text=True)
     assert r.returncode == -9, f'the process was not killed at {target} #{nth}: {r.returncode} {r.stderr[-500:]}'
     assert list(tmp_path.rglob('*.tmp')), 'the kill left no temporary file: the test did not kill mid-write'
     res = train_digits(out_dir=str(tmp_path), resume=True, **KILL_KW)
