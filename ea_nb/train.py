@@ -9,7 +9,8 @@ __all__ = ['CKPT_KEYS', 'RESCHEDULE_KEYS', 'POSITIVE_KEYS', 'NON_NEGATIVE_KEYS',
            'ClassificationTask', 'SegmentationTask', 'DetectionTask', 'sgd_param_groups', 'build_sgd', 'build_adamw',
            'poly_schedule', 'cosine_schedule', 'rng_state', 'set_rng_state', 'load_checkpoint', 'Trainer',
            'config_diff', 'plot_log', 'check_value', 'validate_config', 'RunConfig', 'TaskSpec', 'register_task',
-           'get_task', 'task_parameters', 'task_config', 'trainer', 'train', 'train_fn', 'digits_cnn', 'build_digits']
+           'get_task', 'task_parameters', 'task_config', 'trainer', 'train', 'train_fn', 'settings_of', 'digits_cnn',
+           'build_digits']
 
 # %% ../nbs/03_train.ipynb #37ed6653
 import csv, importlib, inspect, io, json, math, random, time, types, typing, warnings
@@ -421,6 +422,7 @@ def fit(self:Trainer, resume:bool=False,
         ck = load_checkpoint(last)
         self.load_state_dict(ck, schedule=not self._check_resume(ck, last, extend))
     elif resume: self.acc.print(f"resume: no checkpoint at {last}, training from scratch")
+    self.fit_start = dict(step=self.step, time=time.perf_counter())   # where this call began (a report's timings)
     ebar = tqdm(total=self.n_epochs, initial=self.epoch, desc='fit', disable=not self._bars)
     while self.epoch < self.n_epochs and not (self.max_steps and self.step >= self.max_steps):
         if self.stop_after_epoch and self.epoch >= self.stop_after_epoch: break
@@ -542,12 +544,12 @@ class RunConfig:
                     grad_accum=self.grad_accum, clip_grad=self.clip_grad, ema_decay=self.ema_decay, seed=self.seed,
                     stop_after_epoch=self.stop_after_epoch, progress=self.progress) | over
 
-    def loader(self, ds, train:bool=True, bs:int|None=None, drop_last:bool|None=None, **kw):
-        "A DataLoader of `ds`: shuffled (train) or in order; by default a training loader drops a last partial batch when there are several"
+    def loader(self, ds, train:bool=True, bs:int|None=None, drop_last:bool|None=None, cls=None, **kw):
+        "A DataLoader (or `cls`, e.g. PyG's) of `ds`: shuffled (train) or in order; a training loader drops a last partial batch when there are several"
         from torch.utils.data import DataLoader
         bs = bs or self.bs
         if drop_last is None: drop_last = train and len(ds) >= 2 * bs
-        return DataLoader(ds, bs, shuffle=train, drop_last=drop_last, num_workers=self.num_workers, **kw)
+        return (cls or DataLoader)(ds, bs, shuffle=train, drop_last=drop_last, num_workers=self.num_workers, **kw)
 
 # %% ../nbs/03_train.ipynb #308013f4
 TASK_MODULES = ('ea_nb.train', 'ea_nb.eamlp', 'ea_nb.eanet', 'ea_nb.gan', 'ea_nb.pointcloud', 'ea_nb.detection')
@@ -628,6 +630,12 @@ def train_fn(name:str, doc:str=''):
     f.__name__ = f.__qualname__ = f'train_{name}'
     f.__doc__ = doc or f"Train task {name!r} (`ea_nb.train.train`); returns its metrics (also in out_dir/metrics.json)"
     return f
+
+# %% ../nbs/03_train.ipynb #196ff793
+def settings_of(name:str, namespace:dict, **over) -> dict:
+    "The settings of task `name` defined in `namespace` (an experiment notebook's globals after its parameters cell), updated by `over`"
+    ps = task_parameters(name)
+    return {k: namespace[k] for k in ps if k in namespace} | over
 
 # %% ../nbs/03_train.ipynb #ab5253a6
 def digits_cnn(num_classes:int=10,  # digits 0-9
