@@ -424,7 +424,7 @@ def fit(self:Trainer, resume:bool=False,
     elif resume: self.acc.print(f"resume: no checkpoint at {last}, training from scratch")
     self.fit_start = dict(step=self.step, time=time.perf_counter())   # where this call began (a report's timings)
     ebar = tqdm(total=self.n_epochs, initial=self.epoch, desc='fit', disable=not self._bars)
-    while self.epoch < self.n_epochs and not (self.max_steps and self.step >= self.max_steps):
+    while (self.step < self.max_steps) if self.max_steps else (self.epoch < self.n_epochs):   # an extended iteration run may need another epoch
         if self.stop_after_epoch and self.epoch >= self.stop_after_epoch: break
         t0 = time.perf_counter()
         train_loss = self.train_epoch()
@@ -552,7 +552,8 @@ class RunConfig:
         return (cls or DataLoader)(ds, bs, shuffle=train, drop_last=drop_last, num_workers=self.num_workers, **kw)
 
 # %% ../nbs/03_train.ipynb #308013f4
-TASK_MODULES = ('ea_nb.train', 'ea_nb.eamlp', 'ea_nb.eanet', 'ea_nb.gan', 'ea_nb.pointcloud', 'ea_nb.detection')
+TASK_MODULES = dict(digits='ea_nb.train', eamlp='ea_nb.eamlp', eanet='ea_nb.eanet', gan='ea_nb.gan', pointcloud='ea_nb.pointcloud',
+                    detection='ea_nb.detection')   # task -> the module that registers it
 TASKS = {}
 
 class TaskSpec:
@@ -574,9 +575,8 @@ def register_task(name:str,             # the name `ea-nb train NAME` and `train
 
 def get_task(name:str) -> TaskSpec:
     "The task registered as `name` (importing the task modules on first use)"
-    if name not in TASKS:
-        for m in TASK_MODULES: importlib.import_module(m)
-    if name not in TASKS: raise ValueError(f"unknown task {name!r}; choose from {sorted(TASKS)}")
+    if name not in TASKS and name in TASK_MODULES: importlib.import_module(TASK_MODULES[name])
+    if name not in TASKS: raise ValueError(f"unknown task {name!r}; choose from {sorted(TASKS | TASK_MODULES)}")
     return TASKS[name]
 
 # %% ../nbs/03_train.ipynb #94506442
