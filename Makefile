@@ -8,7 +8,7 @@ SCALE ?= cpu
 # pytest workers: notebooks and smoke runs are independent, so use every core
 WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: install test test-threads reproduce docs sync-check browser lab readme clean gpu-check gpu-wheels
+.PHONY: install test test-dry test-threads reproduce docs sync-check browser lab readme clean gpu-check gpu-wheels
 
 install: $(STAMP)
 
@@ -50,8 +50,12 @@ MAIN_THREADS = $(shell n=$$(( $$(nproc 2>/dev/null || echo 2) / $(WORKERS) )); e
 GUARD_THREADS ?= $(if $(filter 1,$(MAIN_THREADS)),2,1)
 
 test: sync-check docs browser
-	$(BIN)/python -m pytest -n $(WORKERS) --dist loadgroup
+	$(BIN)/python -m pytest -n $(WORKERS) --dist loadgroup -m "not slow"
 	$(MAKE) --no-print-directory test-threads
+
+# the dry runs of the heaviest full-scale files (ResNet-101 OS8 at 513-769 crops, R-CNNs at 800x1333): ~30 min on 2 cores
+test-dry: install
+	$(BIN)/python -m pytest -n $(WORKERS) --dist loadgroup -m slow tests/test_full_dry.py
 
 test-threads: install
 	@echo "the tests that assert on trained quantities again, at $(GUARD_THREADS) torch thread(s) (the run above: $(MAIN_THREADS))"

@@ -381,6 +381,7 @@ def train_command(task:str, config:str|None=None, sets:dict|None=None, root=None
     if 'mixer' not in sets:          # the whole experiment, as `ea-nb reproduce --scale full --only NAME` runs it
         if int(os.environ.get('WORLD_SIZE', '1')) > 1:
             raise ValueError(f"{config} runs its notebook in one process; to train one arm on {os.environ['WORLD_SIZE']} processes add --set mixer=NAME")
+        check_experiment(entry, check_params(root/'nbs'/entry['notebook'], {**cfg, **sets}), f'{config} and --set' if sets else config)
         return reproduce('full', [name], root=root, overrides=sets)[name]
     check_params(root/'nbs'/entry['notebook'], cfg)      # the file: the notebook's parameters; --set: the task's settings
     ps = task_parameters(task)

@@ -25,13 +25,22 @@ def cli(*argv, cwd=None):
 
 CLI_CASES = [  # argv, words the one-line message must hold
     (['train', 'nope'], ["unknown task 'nope'", "'digits'"]),
-    (['train', 'digits', '--set', 'lr=-1'], ["'lr'", 'must be > 0, got -1', 'given by --set']),
+    (['train', 'digits', '--set', 'lr=-1'], ["'lr'", 'must be > 0, got -1', 'from --set']),
     (['train', 'digits', '--set', 'bs=0'], ["'bs'", 'must be > 0, got 0']),
     (['train', 'digits', '--set', 'grad_accum=0'], ["'grad_accum'", 'must be > 0']),
     (['train', 'digits', '--set', 'epochs=0'], ["'epochs'", 'must be > 0']),
     (['train', 'digits', '--set', 'epochs=abc'], ["'epochs'", 'must be int', "got 'abc'"]),
-    (['train', 'digits', '--set', 'model=vit'], ["'model'", "one of 'cnn', 'ea_cnn'", "got 'vit'"]),
-    (['train', 'digits', '--set', 'typo_key=1'], ["unknown config key 'typo_key'", 'allowed keys: model, epochs']),
+    (['train', 'digits', '--set', 'mixer=vit'], ["'mixer'", "one of 'none', 'ea'", "got 'vit'"]),
+    (['train', 'digits', '--set', 'typo_key=1'], ["unknown config key 'typo_key'", 'allowed keys: mixer, opt']),
+    (['train', 'eanet', '--set', 'typo_key=1'], ["unknown config key 'typo_key' for task eanet", 'allowed keys: dataset']),
+    (['train', 'eanet', '--set', 'S=abc'], ["'S' of task eanet must be int", "got 'abc'"]),
+    (['train', 'eanet', '--set', 'mixer=cbam'], ["'mixer' of task eanet", "one of 'ea', 'sa', 'none'"]),
+    (['train', 'detection', '--set', 'lr=-1'], ["'lr' of task detection must be > 0"]),
+    (['train', 'pointcloud', '--set', 'bs=0'], ["'bs' of task pointcloud must be > 0"]),
+    (['train', 'eamlp', '--set', 'epochs=abc'], ["'epochs' of task eamlp must be int"]),
+    (['train', 'gan', '--set', 'lr=0.1'], ["task gan does not use 'lr'", 'lr_g and lr_d']),
+    (['train', 'eanet', '--config', 'experiments/eanet_voc.yaml', '--set', 'S=abc'], ["'S' of task eanet must be int", 'experiments/eanet_voc.yaml']),
+    (['train', 'gan', '--config', 'experiments/eanet_voc.yaml'], ["experiment 'eanet' of task 'eanet', not 'gan'"]),
     (['train', 'digits', '--set', 'bs'], ['--set expects key=value', "'bs'"]),
     (['train', 'digits', '--set', 'ema_decay=1.5'], ["'ema_decay'", 'must be < 1']),
     (['train', 'digits', '--set', 'weight_decay=-0.1'], ["'weight_decay'", 'must be >= 0']),
@@ -66,10 +75,10 @@ def test_cli_bad_manifest(manifest, words):
     assert code == 2 and 'Traceback' not in err and any(w in err for w in words), err
 
 def test_cli_debug_and_task_help(capsys):
-    with pytest.raises(ValueError, match="'epochs' of train_digits must be > 0"): main(['--debug', 'train', 'digits', '--set', 'epochs=0'])
+    with pytest.raises(ValueError, match="'epochs' of task digits must be > 0"): main(['--debug', 'train', 'digits', '--set', 'epochs=0'])
     main(['train', 'digits', '--help'])
     out = capsys.readouterr().out
-    assert 'extend_schedule' in out and "'cnn'" in out and 'passes over the 1,437 training digits' in out
+    assert 'extend_schedule' in out and "'none'" in out and 'passes over the training data' in out and 'the engine' in out
 
 # ---------- data on disk ----------
 def test_voc_mask_of_another_size(tmp_path):
@@ -131,7 +140,7 @@ def stopped_run(tmp_path_factory):
 
 @pytest.mark.parametrize('change, words', [
     (dict(width=16), 'weights: 0.weight [8, 3, 3, 3] -> [16, 3, 3, 3]'),
-    (dict(model='ea_cnn'), 'weights:'),
+    (dict(mixer='ea'), 'weights:'),
     (dict(opt='sgd'), "opt: 'AdamW' -> 'SGD'"),
     (dict(bs=16), 'steps_per_epoch: 45 -> 90'),
     (dict(seed=1), 'seed: 0 -> 1'),

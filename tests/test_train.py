@@ -116,12 +116,12 @@ def test_corrupt_checkpoint_clear_error(tmp_path):
 
 
 def test_validate_config():
-    ok = dict(model='ea_cnn', epochs=3, lr=1, out_dir='x', resume=True, mixed_precision='fp16')
+    ok = dict(mixer='ea', epochs=3, lr=1, out_dir='x', resume=True, mixed_precision='fp16')
     ft.test_eq(validate_config(train_digits, ok), ok)
-    with pytest.raises(ValueError, match=r"unknown config key 'epoch' for train_digits; allowed keys: model, epochs, "):
+    with pytest.raises(ValueError, match=r"unknown config key 'epoch' for train_digits; allowed keys: mixer, opt, "):
         validate_config(train_digits, dict(epoch=3))
-    with pytest.raises(ValueError, match=r"'model' of train_digits must be one of 'cnn', 'ea_cnn', got 'vit'"):
-        validate_config(train_digits, dict(model='vit'))
+    with pytest.raises(ValueError, match=r"'mixer' of train_digits must be one of 'none', 'ea', got 'vit'"):
+        validate_config(train_digits, dict(mixer='vit'))
     with pytest.raises(ValueError, match=r"'epochs' of train_digits must be int, got '3'"):
         validate_config(train_digits, dict(epochs='3'))
     with pytest.raises(ValueError, match=r"'resume' .* must be bool"): validate_config(train_digits, dict(resume=1))
