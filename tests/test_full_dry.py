@@ -60,8 +60,13 @@ def write_coco_2017(root):
 
 def write_cifar10(root): write_cifar(root); return root
 
+def write_shapenet_16(root):
+    "ShapeNet part with all 16 categories (the file trains on every one)"
+    from torch_geometric.datasets import ShapeNet
+    return write_shapenet(root, tuple(ShapeNet.category_ids))
+
 DATASETS = dict(imagenet=write_imagenet, voc=write_voc_sbd, ade20k=write_ade20k, cityscapes=write_cityscapes, coco=write_coco_2017,
-                cifar10=write_cifar10, modelnet40=write_modelnet_off, shapenet_part=write_shapenet)
+                cifar10=write_cifar10, modelnet40=write_modelnet_off, shapenet_part=write_shapenet_16)
 
 
 # ---------- local weight files, in their real formats ----------

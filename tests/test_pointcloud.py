@@ -46,19 +46,23 @@ def test_train_pointcloud_on_modelnet_fixture(modelnet_root, tmp_path):
 @pytest.fixture
 def shapenet_root(tmp_path): return write_shapenet(tmp_path)
 
-def write_shapenet(tmp_path):
-    "One category (Airplane, parts 0-3) in ShapeNet's raw layout, with the split lists"
-    cat, g = '02691156', torch.Generator().manual_seed(0)
+def write_shapenet(tmp_path, categories=('Airplane',)):
+    "ShapeNet part's raw layout with the split lists: clouds of each category, labelled with its own parts (Airplane: 0-3)"
+    from torch_geometric.datasets import ShapeNet
+    g = torch.Generator().manual_seed(0)
     names = {s: [f'{s}{i}' for i in range(n)] for s, n in (('train', 3), ('val', 1), ('test', 2))}
-    for ns in names.values():
-        for n in ns:
-            pts = torch.randn(100, 6, generator=g)
-            lab = (pts[:, 0] > 0).long() + 2*(pts[:, 1] > 0).long()
-            (tmp_path/'raw'/cat).mkdir(parents=True, exist_ok=True)
-            (tmp_path/'raw'/cat/f'{n}.txt').write_text('\n'.join(' '.join(f'{v:.4f}' for v in p) + f' {l}' for p, l in zip(pts.tolist(), lab.tolist())))
+    for c in categories:
+        cat, parts = ShapeNet.category_ids[c], torch.tensor(ShapeNet.seg_classes[c])
+        for ns in names.values():
+            for n in ns:
+                pts = torch.randn(100, 6, generator=g)
+                lab = parts[((pts[:, 0] > 0).long() + 2*(pts[:, 1] > 0).long()) % len(parts)]
+                (tmp_path/'raw'/cat).mkdir(parents=True, exist_ok=True)
+                (tmp_path/'raw'/cat/f'{n}.txt').write_text('\n'.join(' '.join(f'{v:.4f}' for v in p) + f' {l}' for p, l in zip(pts.tolist(), lab.tolist())))
     (tmp_path/'raw'/'train_test_split').mkdir()
     for s, ns in names.items():
-        (tmp_path/'raw'/'train_test_split'/f'shuffled_{s}_file_list.json').write_text(json.dumps([f'shape_data/{cat}/{n}' for n in ns]))
+        (tmp_path/'raw'/'train_test_split'/f'shuffled_{s}_file_list.json').write_text(
+            json.dumps([f'shape_data/{ShapeNet.category_ids[c]}/{n}' for c in categories for n in ns]))
     return tmp_path
 
 def test_train_pointcloud_partseg_on_shapenet_fixture(shapenet_root, tmp_path):
