@@ -367,14 +367,14 @@ def render_longrange(rng,                 # np.random.Generator: the only source
                      width:int=152,       # image columns
                      marker:int=16,       # columns of the colour marker, at the left edge
                      gap:int=104,         # ignored columns between the marker and the far zone
-                     n_classes:int=3,     # marker colours used (2 ≤ n_classes ≤ len(MARKER_COLOURS))
+                     num_classes:int=3,   # marker colours used (2 ≤ num_classes ≤ len(MARKER_COLOURS))
                      noise:float=0.03,    # sd of the noise on the marker's colour
                      ignore_index:int=255):
     "One scene: uint8 image (3, H, W) and int64 labels (H, W), the far zone labelled with the marker's colour index"
-    if not 2 <= n_classes <= len(MARKER_COLOURS): raise ValueError(f"n_classes must be in 2..{len(MARKER_COLOURS)}, got {n_classes}")
+    if not 2 <= num_classes <= len(MARKER_COLOURS): raise ValueError(f"num_classes must be in 2..{len(MARKER_COLOURS)}, got {num_classes}")
     if min(height, marker, gap) < 1 or marker + gap >= width:
         raise ValueError(f"need height, marker, gap ≥ 1 and marker + gap < width, got {height=}, {marker=}, {gap=}, {width=}")
-    c = rng.integers(n_classes)
+    c = rng.integers(num_classes)
     img = _background(rng, max(height, width))[:height, :width].copy()
     img[:, :marker] = np.array(MARKER_COLOURS[c])/255 + noise*rng.standard_normal((height, marker, 3))
     seg = np.full((height, width), ignore_index, dtype=np.int64)
@@ -390,12 +390,12 @@ class LongRange(Dataset):
                  n_images:int|None=None,       # None: 1024 train, 256 val
                  seed:int=0,                   # with split and index, fixes every scene
                  transforms='auto',            # joint v2 transforms; 'auto': to float + normalise; None: raw
-                 **scene_kwargs):              # passed to `render_longrange` (height, width, marker, gap, n_classes, ...)
+                 **scene_kwargs):              # passed to `render_longrange` (height, width, marker, gap, num_classes, ...)
         self.split, self.seed, self.scene_kwargs = split, seed, scene_kwargs
         self.n = n_images if n_images is not None else (1024 if split == 'train' else 256)
         self.transforms = to_float() if transforms == 'auto' else transforms
         kw = {**{k: v.default for k, v in inspect.signature(render_longrange).parameters.items() if k != 'rng'}, **scene_kwargs}
-        self.num_classes, self.ignore_index, self.marker = kw['n_classes'], kw['ignore_index'], kw['marker']
+        self.num_classes, self.ignore_index, self.marker = kw['num_classes'], kw['ignore_index'], kw['marker']
         self.far_start = kw['marker'] + kw['gap']             # first labelled column
         self.chance, self.classes = 1/self.num_classes, [f'marker {i}' for i in range(self.num_classes)]
     def __len__(self): return self.n
