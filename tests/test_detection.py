@@ -5,7 +5,8 @@ import fastcore.test as ft
 from PIL import Image
 from torch.utils.data import DataLoader
 from ea_nb.data import build, collate_det
-from ea_nb.detection import detector, small_detector_kwargs, InstanceTask, detection_trainer
+from ea_nb.detection import detector, small_detector_kwargs, InstanceTask
+from ea_nb.train import trainer
 
 
 pytestmark = pytest.mark.usefixtures('no_network')   # conftest: the network is off for every test here
@@ -13,7 +14,9 @@ pytestmark = pytest.mark.usefixtures('no_network')   # conftest: the network is 
 def poly(x0, y0, x1, y1): return [[x0, y0, x1, y0, x1, y1, x0, y1]]
 
 @pytest.fixture
-def coco_root(tmp_path):
+def coco_root(tmp_path): return write_coco(tmp_path)
+
+def write_coco(tmp_path):
     "A 3-image COCO val2017 tree: instances json (polygons, an uncompressed-RLE crowd region) and JPEGs"
     rng = np.random.default_rng(0)
     sizes = {42: (48, 64), 7: (40, 40), 9: (56, 48)}                       # id: (h, w)
@@ -85,7 +88,7 @@ def test_trainer_on_coco_layout(coco_root, tmp_path):
     import shutil
     shutil.copytree(coco_root/'val2017', coco_root/'train2017')
     shutil.copy(coco_root/'annotations/instances_val2017.json', coco_root/'annotations/instances_train2017.json')
-    t = detection_trainer(arch='mask_rcnn', context='ea', dataset='coco', data_root=str(coco_root), small=True, img_size=64,
+    t = trainer('detection', arch='mask_rcnn', mixer='ea', dataset='coco', data_root=str(coco_root), small=True, img_size=64,
                           epochs=1, bs=2, opt='adamw', lr=1e-3, warmup_iters=0, out_dir=None, progress=False)
     res = t.fit()
     ft.test_eq({'bbox_map', 'segm_map'} <= set(res), True)

@@ -18,7 +18,9 @@ def write_off(path, verts, faces, scale=1.):
     path.write_text('\n'.join(lines + [f'3 {a} {b} {c}' for a, b, c in faces]) + '\n')
 
 @pytest.fixture
-def modelnet_root(tmp_path):
+def modelnet_root(tmp_path): return write_modelnet_off(tmp_path)
+
+def write_modelnet_off(tmp_path):
     "Two classes in ModelNet40's layout: raw/<class>/{train,test}/<class>_NNNN.off"
     for cls, (v, f) in dict(cube=(CUBE_V, CUBE_F), tetra=(TET_V, TET_F)).items():
         for split, ids in (('train', range(1, 4)), ('test', range(4, 6))):
@@ -37,12 +39,14 @@ def test_modelnet_fixture_loads_without_download(modelnet_root, monkeypatch):
 def test_train_pointcloud_on_modelnet_fixture(modelnet_root, tmp_path):
     for attn in ('offset', 'ea'):
         out = tmp_path/f'run_{attn}'
-        r = train_pointcloud('modelnet40', attn, root=str(modelnet_root), out_dir=str(out), **TINY)
+        r = train_pointcloud(dataset='modelnet40', mixer=attn, root=str(modelnet_root), out_dir=str(out), **TINY)
         assert 0 <= r['acc'] <= 1 and (out/'metrics.json').exists() and (out/'ckpt'/'last.pt').exists()
         assert json.loads((out/'metrics.json').read_text())['n_params'] == r['n_params']
 
 @pytest.fixture
-def shapenet_root(tmp_path):
+def shapenet_root(tmp_path): return write_shapenet(tmp_path)
+
+def write_shapenet(tmp_path):
     "One category (Airplane, parts 0-3) in ShapeNet's raw layout, with the split lists"
     cat, g = '02691156', torch.Generator().manual_seed(0)
     names = {s: [f'{s}{i}' for i in range(n)] for s, n in (('train', 3), ('val', 1), ('test', 2))}
@@ -58,7 +62,7 @@ def shapenet_root(tmp_path):
     return tmp_path
 
 def test_train_pointcloud_partseg_on_shapenet_fixture(shapenet_root, tmp_path):
-    r = train_pointcloud('shapenet_part', 'ea', root=str(shapenet_root), categories=['Airplane'], out_dir=str(tmp_path/'seg'),
+    r = train_pointcloud(dataset='shapenet_part', mixer='ea', root=str(shapenet_root), categories=['Airplane'], out_dir=str(tmp_path/'seg'),
                          **{**TINY, 'num_points': 32, 'embed_dim': 8})
     assert 0 <= r['miou'] <= 1 and 0 <= r['miou_class'] <= 1
 

@@ -706,7 +706,7 @@ def _dry_eanet(cfg, q):
     base = dict(num_classes=cfg['num_classes'], output_stride=8, multi_grid=tuple(cfg['multi_grid']), channels=cfg['channels'],
                 mid_channels=cfg['mid_channels'], backbone=cfg['backbone'])
     if q: base.update(backbone='narrow', channels=16, mid_channels=16, widths=(8, 8, 16, 16))
-    if 'contexts' in cfg: variants = [dict(context=c, S=cfg['S'], norm=cfg.get('norm', 'double') if c == 'ea' else 'double') for c in cfg['contexts']]
+    if 'mixers' in cfg: variants = [dict(context=c, S=cfg['S'], norm=cfg.get('norm', 'double') if c == 'ea' else 'double') for c in cfg['mixers']]
     else: variants = [dict(context='ea', S=max(cfg['S_values']), norm='double')] + [dict(context='ea', S=cfg['S_norm'], norm=n) for n in cfg['norms'] if n != 'double']
     if q: variants = variants[-1:]
     for v in variants:
@@ -716,7 +716,7 @@ def _dry_eanet(cfg, q):
 def _dry_gan(cfg, q):
     from ea_nb.gan import Generator, Discriminator, d_hinge_loss, g_hinge_loss
     ch, bs = (4, 2) if q else (cfg['ch'], cfg['bs'])
-    for attn in cfg['attns'][-1:] if q else cfg['attns']:
+    for attn in cfg['mixers'][-1:] if q else cfg['mixers']:
         kw = dict(ch=ch, img_size=cfg['img_size'], attn=attn, attn_res=cfg['attn_res'], S=cfg['S'], ea_style=cfg['ea_style'])
         class GD(nn.Module):
             def __init__(self): super().__init__(); self.G, self.D = Generator(z_dim=cfg['z_dim'], **kw), Discriminator(**kw)
@@ -728,7 +728,7 @@ def _dry_pct(cfg, q):
     from ea_nb.pointcloud import PCT, PCTSeg
     npts, bs = (128, 2) if q else (cfg['num_points'], cfg['bs'])
     seg = cfg['dataset'].startswith('shapenet')
-    for attn in cfg['attn'][-1:] if q else cfg['attn']:
+    for attn in cfg['mixers'][-1:] if q else cfg['mixers']:
         if seg: build = lambda attn=attn: PCTSeg(num_parts=50, num_categories=16, attn=attn, S=cfg['S'], embed_dim=cfg['embed_dim'], fuse_dim=cfg['fuse_dim'], head_dims=tuple(cfg['head_dims']), drop=cfg['drop'])
         else: build = lambda attn=attn: PCT(num_classes=40, attn=attn, S=cfg['S'], embed_dim=cfg['embed_dim'], dims=tuple(cfg['dims']),
                                             n_samples=(32, 16) if q else tuple(cfg['n_samples']), k=8 if q else cfg['k'], fuse_dim=cfg['fuse_dim'],
@@ -753,7 +753,7 @@ def _dry_detection(cfg, q):
                 t['masks'] = mk
             tg.append(t)
         return ims, tg
-    for c in cfg['contexts'][-1:] if q else cfg['contexts']:
+    for c in cfg['mixers'][-1:] if q else cfg['mixers']:
         yield (f"{cfg['arch']} {kw.get('backbone', cfg['backbone'])} context={c}",
                lambda c=c: detector(cfg['arch'], **{'backbone': cfg['backbone'], **kw}, context=c, num_classes=91, S=cfg['S']),
                inputs, lambda out: sum(out.values()), dict(bs=bs, image=f'{h}x{w}'))
@@ -770,7 +770,7 @@ def dry_builder(cfg:dict):
     if not isinstance(cfg, dict): return None
     if str(cfg.get('model', '')).startswith('eamlp'): return _dry_eamlp
     if 'crop_size' in cfg: return _dry_eanet
-    if 'attns' in cfg: return _dry_gan
+    if 'lr_g' in cfg: return _dry_gan
     if 'num_points' in cfg: return _dry_pct
     if 'arch' in cfg: return _dry_detection
     if 'sizes' in cfg and 'channels' in cfg: return _dry_complexity
