@@ -6,8 +6,9 @@ Docs: https://ea-nb.github.io/ea-nb/attention.html.md"""
 
 # %% auto #0
 __all__ = ['self_attention_ref', 'external_attention_ref', 'param_dtype', 'check_input', 'ExternalAttention',
-           'external_attention2d_ref', 'ExternalAttention2d', 'multihead_external_attention_ref',
-           'MultiHeadExternalAttention', 'SelfAttention', 'position_attention_ref', 'SelfAttention2d']
+           'slot_log_partition', 'external_attention_given_z', 'external_attention2d_ref', 'ExternalAttention2d',
+           'multihead_external_attention_ref', 'MultiHeadExternalAttention', 'SelfAttention', 'position_attention_ref',
+           'SelfAttention2d']
 
 # %% ../nbs/00_attention.ipynb #4d7d3f82
 import math
@@ -122,6 +123,16 @@ class ExternalAttention(nn.Module):
     def reparameterize(self):
         "Deploy-time form, in place (timm's convention): the query folded into M_k, M_v into the projection"
         return fold_memories_(self, 'q_linear', 1, *linear_args(self.proj))
+
+# %% ../nbs/00_attention.ipynb #32ad19ad
+def slot_log_partition(x, mk):
+    "z = log Σ_t exp(x_t · m_j): the per-slot log-partition over a sample's tokens, x (B, N, d), mk (S, d) -> (B, S)"
+    return torch.einsum('bnd,sd->bns', x, mk).logsumexp(dim=1)
+
+def external_attention_given_z(x, z, mk, mv, eps=1e-9):
+    "f(x_i, z): each token's EA output from the token alone and the sample's z (B, S); x (B, n, d) -> (B, n, d)"
+    a = torch.exp(torch.einsum('bnd,sd->bns', x, mk) - z[:, None])   # α̂ = exp(x_i·m_j − z_j)   (B, n, S)
+    return torch.einsum('bns,sd->bnd', a / (eps + a.sum(-1, keepdim=True)), mv)
 
 # %% ../nbs/00_attention.ipynb #1890e42f
 def external_attention2d_ref(x, w1, b1, mk, mv, w2, norm, eps=1e-9):
