@@ -9,6 +9,7 @@ valid loss within 9 % (nbs/reproducing.md). The checkpoint the two processes wro
 import json, os, subprocess, sys
 from pathlib import Path
 import pytest, torch
+from conftest import test_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = dict(epochs=4, width=16, progress=False)
@@ -20,7 +21,7 @@ def ea_nb_train(out, procs, bs, **kw):
     args = ['-m', 'ea_nb.cli', 'train', 'digits', '--set', *(f'{k}={json.dumps(v)}' for k, v in {**RUN, 'bs': bs, 'out_dir': str(out), **kw}.items())]
     cmd = [sys.executable, *args] if procs == 1 else [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', str(procs),
                                                      '--master_port', str(29500 + os.getpid() % 1000), *args]
-    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'CUDA_VISIBLE_DEVICES': ''}
+    env = {**os.environ, 'OMP_NUM_THREADS': str(test_threads()), 'CUDA_VISIBLE_DEVICES': ''}   # the test's thread count
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     return json.loads((out/'metrics.json').read_text())
