@@ -224,7 +224,8 @@ def build_detection(run:RunConfig,  # the engine's settings
     backbone_weights:str|None=None,    # local ImageNet ResNet state dict (None: from scratch)
     min_size:int=800,                  # short side after resizing (COCO: 800)
     max_size:int=1333,                 # long side at most (COCO: 1333)
-    eval_every_epoch:bool=True) -> Trainer: # evaluate after each epoch (else only by `detection_report` at the end)
+    eval_every_epoch:bool=True, # evaluate after each epoch (else only by `detection_report` at the end)
+    ) -> Trainer:
     "A `Trainer` for a detector on `dataset` with the 1x recipe"
     from torch.utils.data import DataLoader
     from ea_nb.data import collate_det

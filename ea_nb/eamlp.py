@@ -484,7 +484,8 @@ def build_eamlp(run:RunConfig,        # the engine's settings
     cutmix:float=0.,                     # cutmix alpha, 0 = off (ImageNet: 1.0)
     randaug:str='',                      # timm auto_augment string for real images, '' = off (ImageNet: 'rand-m9-mstd0.5')
     reprob:float=0.,                     # random erasing probability (ImageNet: 0.25)
-    crop_pad:int=0) -> Trainer:          # digits: padded random crop (a shift of up to this many pixels)
+    crop_pad:int=0,          # digits: padded random crop (a shift of up to this many pixels)
+    ) -> Trainer:
     "An EAMLP (or its T2T-ViT twin) with the paper's recipe"
     import timm
     from ea_nb.core import seed_everything

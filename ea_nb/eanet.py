@@ -307,7 +307,8 @@ def build_eanet(run:RunConfig,   # the engine's settings
     n_train:int=0,               # training images, 0 = all
     n_val:int=0,                 # validation images, 0 = all
     momentum:float=0.9,          # SGD momentum (lr: bias 2×, poly 0.9)
-    datasets=None) -> Trainer:   # (train, val) data sets made already by `seg_datasets` (skips building them)
+    datasets=None,   # (train, val) data sets made already by `seg_datasets` (skips building them)
+    ) -> Trainer:
     "The `Trainer` for one EANet run (call `.fit()`)"
     seed_everything(run.seed)
     tds, vds = datasets or seg_datasets(dataset, root, img_size, crop_size, scale_range, n_train, n_val, train_split)

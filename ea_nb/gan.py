@@ -521,7 +521,8 @@ def build_gan(run:RunConfig,           # the engine's settings
     proxy_epochs:int=4,                    # proxy classifier epochs
     proxy_width:int=16,                    # proxy classifier width
     proxy_path:str|None=None,              # share a proxy classifier between runs (default out_dir/proxy.pt)
-    inception_weights:str|None=None) -> Trainer: # path of weights-inception-2015-12-05-6726825d.pth: real FID/IS instead of the proxy
+    inception_weights:str|None=None, # path of weights-inception-2015-12-05-6726825d.pth: real FID/IS instead of the proxy
+    ) -> Trainer:
     "SAGAN / EA-GAN with hinge loss and TTUR: the `Trainer`, whose `gan` attribute holds what `gan_report` evaluates"
     out = Path(run.out_dir); out.mkdir(parents=True, exist_ok=True)
     if inception_weights: fe, le, pinfo = inception_extractor(inception_weights), inception_extractor(inception_weights, logits=True), None

@@ -397,7 +397,8 @@ def build_pointcloud(run:RunConfig,     # the engine's settings
     label_smoothing:float=0.,              # PCT's cross-entropy is smoothed (0.2) in its code
     device:Literal['auto', 'cpu']='auto',  # 'auto': CUDA when present; 'cpu' forces the CPU (set before the first Accelerator)
     num_threads:int=0,                     # CPU threads (0: torch's default)
-    datasets=None) -> Trainer:                # (train, test) sets made already (skips building them)
+    datasets=None,                # (train, test) sets made already (skips building them)
+    ) -> Trainer:
     "PCT or EA-PCT on a point-cloud set: the `Trainer`"
     mp = run.mixed_precision
     if device == 'cpu': os.environ['ACCELERATE_USE_CPU'], mp = 'true', 'no'

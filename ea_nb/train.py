@@ -9,8 +9,7 @@ __all__ = ['CKPT_KEYS', 'RESCHEDULE_KEYS', 'POSITIVE_KEYS', 'NON_NEGATIVE_KEYS',
            'ClassificationTask', 'SegmentationTask', 'DetectionTask', 'sgd_param_groups', 'build_sgd', 'build_adamw',
            'poly_schedule', 'cosine_schedule', 'rng_state', 'set_rng_state', 'load_checkpoint', 'Trainer',
            'config_diff', 'plot_log', 'check_value', 'validate_config', 'RunConfig', 'TaskSpec', 'register_task',
-           'get_task', 'task_parameters', 'task_config', 'trainer', 'train', 'train_fn', 'settings_of', 'digits_cnn',
-           'build_digits']
+           'get_task', 'task_parameters', 'task_config', 'trainer', 'train', 'train_fn', 'digits_cnn', 'build_digits']
 
 # %% ../nbs/03_train.ipynb #37ed6653
 import csv, importlib, inspect, io, json, math, random, time, types, typing, warnings
@@ -631,12 +630,6 @@ def train_fn(name:str, doc:str=''):
     f.__doc__ = doc or f"Train task {name!r} (`ea_nb.train.train`); returns its metrics (also in out_dir/metrics.json)"
     return f
 
-# %% ../nbs/03_train.ipynb #196ff793
-def settings_of(name:str, namespace:dict, **over) -> dict:
-    "The settings of task `name` defined in `namespace` (an experiment notebook's globals after its parameters cell), updated by `over`"
-    ps = task_parameters(name)
-    return {k: namespace[k] for k in ps if k in namespace} | over
-
 # %% ../nbs/03_train.ipynb #ab5253a6
 def digits_cnn(num_classes:int=10,  # digits 0-9
                width:int=32,        # channels of the first conv; doubled after each pooling
@@ -660,7 +653,8 @@ def build_digits(run:RunConfig,                   # the engine's settings
     opt:Literal['adamw', 'sgd']='adamw',          # adamw + cosine with warm-up (EAMLP) or sgd + poly (EANet)
     warmup_epochs:float=1.,                       # linear warm-up (adamw recipe)
     width:int=16,                                 # conv width
-    S:int=16) -> Trainer:                         # memory slots of the EA block
+    S:int=16,                         # memory slots of the EA block
+    ) -> Trainer:
     "The digits task: a small conv net on sklearn's digits"
     from ea_nb.data import build
     seed_everything(run.seed)
