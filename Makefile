@@ -62,7 +62,7 @@ test-threads: install
 	EA_NB_TEST_THREADS=$(GUARD_THREADS) $(BIN)/python -m pytest -n $(WORKERS) --dist loadgroup -m trains
 
 reproduce: install
-	$(BIN)/ea-nb reproduce --scale $(SCALE)
+	$(BIN)/ea-nb reproduce --scale $(SCALE) --jobs $(WORKERS)
 	$(BIN)/ea-nb results
 
 # the prepared GPU check (tools/gpu_check.py): every measurement into runs/gpu/ (GPU_ARGS='--out DIR' elsewhere).

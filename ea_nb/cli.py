@@ -50,6 +50,8 @@ def load_manifest(root=None) -> dict:
         r = e.get('rtol', 0.)
         if not isinstance(r, (int, float)) or isinstance(r, bool) or not 0 <= r <= 1:
             raise ValueError(f"{path}: entry {name!r} has rtol={r!r}; rtol (the relative tolerance of `ea-nb reproduce --check`) must be a number in [0, 1]")
+        if not isinstance(e.get('alone', False), bool):
+            raise ValueError(f"{path}: entry {name!r} has alone={e['alone']!r}; alone (run by itself: it measures time) must be true or false")
         seeds = e.get('seeds', [])
         if not isinstance(seeds, list) or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
             raise ValueError(f"{path}: entry {name!r} has seeds={seeds!r}; seeds must be a list of whole numbers, e.g. [1, 2]")
@@ -159,26 +161,39 @@ def run_experiment(name:str, scale:str='cpu', runs_dir=None, overrides:dict|None
     return load_json(out/'metrics.json')
 
 # %% ../nbs/04_cli.ipynb #fdd9f310
+def _previous_seconds(name:str, scale:str, runs_dir, seed) -> float:
+    "How long this run took last time (its run.json), 0. if it never ran: the longest runs start first"
+    f = run_dir(name, scale, runs_dir)/('' if seed is None else f'seed{seed}')/'run.json'
+    try: return float(load_json(f).get('seconds', 0.))
+    except (OSError, ValueError): return 0.
+
 def reproduce(scale:str='cpu', only:list|None=None, runs_dir=None, root=None, overrides:dict|None=None, log_output:bool=False,
-              threads:int|None=None) -> dict:   # CPU threads of every notebook (its `num_threads`/`threads` parameter)
+              threads:int|None=None,   # CPU threads of every notebook (its `num_threads`/`threads` parameter)
+              jobs:int=1) -> dict:     # runs at once (each its own kernel); entries marked `alone` (timings) run by themselves first
     "Run the manifest's experiments at `scale` (at cpu scale also their extra `seeds`); return {name or name/seed<s>: metrics}, raising at the end if any failed"
+    from concurrent.futures import ThreadPoolExecutor
     root = Path(root or project_root())
     m = full_configs(root) if scale == 'full' else load_manifest(root)
     names = list(only or m)
     unknown = sorted(set(names) - set(m))
     if unknown: raise ValueError(f"unknown experiment(s) {unknown}; the manifest lists {sorted(m)}")
+    if not isinstance(jobs, int) or jobs < 1: raise ValueError(f"jobs must be a whole number >= 1 (runs at once), got {jobs!r}")
+    entry = lambda n: load_manifest(root)[m[n][0] if scale == 'full' else n]
+    todo = [(n, s) for n in names for s in [None] + (m[n].get('seeds', []) if scale == 'cpu' else [])]   # None: the notebook's own seed
     res, failed = {}, {}
-    for n in names:
-        seeds = [None] + (m[n].get('seeds', []) if scale == 'cpu' else [])     # None: the run at the notebook's own seed
-        for s in seeds:
-            key = n if s is None else f'{n}/seed{s}'
-            print(f'[ea-nb] {key} ({scale}) ...', flush=True); t = time.time()
-            ov = {**(overrides or {}), **_thread_override(root/'nbs'/load_manifest(root)[m[n][0] if scale == 'full' else n]['notebook'], threads)}
-            try: res[key] = run_experiment(n, scale, runs_dir, ov, root, log_output, seed=s)
-            except (RuntimeError, ValueError, FileNotFoundError) as e: failed[key] = str(e)
-            print(f'[ea-nb] {key} ({scale}) {"FAILED" if key in failed else "done"} in {time.time()-t:.0f}s', flush=True)
-    if failed: raise RuntimeError('\n'.join(f'{n}: {e}' for n, e in failed.items()))
-    return res
+    def one(n, s):
+        key = n if s is None else f'{n}/seed{s}'
+        print(f'[ea-nb] {key} ({scale}) ...', flush=True); t = time.time()
+        ov = {**(overrides or {}), **_thread_override(root/'nbs'/entry(n)['notebook'], threads)}
+        try: res[key] = run_experiment(n, scale, runs_dir, ov, root, log_output, seed=s)
+        except (RuntimeError, ValueError, FileNotFoundError) as e: failed[key] = str(e)
+        print(f'[ea-nb] {key} ({scale}) {"FAILED" if key in failed else "done"} in {time.time()-t:.0f}s', flush=True)
+    alone = [r for r in todo if entry(r[0]).get('alone') or jobs == 1]
+    shared = sorted((r for r in todo if r not in alone), key=lambda r: -_previous_seconds(r[0], scale, runs_dir or root/'runs', r[1]))
+    for r in alone: one(*r)
+    with ThreadPoolExecutor(jobs) as pool: list(pool.map(lambda r: one(*r), shared))
+    if failed: raise RuntimeError('\n'.join(f'{n}: {failed[n]}' for n in sorted(failed)))
+    return {k: res[k] for k in (n if s is None else f'{n}/seed{s}' for n, s in todo) if k in res}
 
 # %% ../nbs/04_cli.ipynb #1c5a979a
 TIMING_WORDS = {'s', 'ms', 'sec', 'seconds', 'time', 'timings', 'wall', 'over', 'crossover'}
@@ -410,6 +425,7 @@ def _parser():
     r.add_argument('--set', nargs='+', default=[], metavar='KEY=VALUE', help='override notebook parameters')
     r.add_argument('--runs-dir', default=None, help='where runs go (default: <repo>/runs)')
     r.add_argument('--log-output', action='store_true', help="stream the notebooks' output")
+    r.add_argument('--jobs', type=int, default=1, help='runs at once, each in its own kernel (make reproduce: one per core); timing entries run alone')
     r.add_argument('--threads', type=int, help="CPU threads of every notebook (default: each notebook's own, 1 for most)")
     r.add_argument('--check', action='store_true', help='re-run into a scratch folder (--runs-dir, default a temporary one) and compare every metric with the committed runs; exit 1 if any is out of tolerance')
     r.add_argument('--against', help='with --check: the runs to compare with (default: <repo>/runs)')
@@ -477,7 +493,7 @@ def _main(argv):
         return bench_main(rest)
     if a.cmd == 'reproduce':
         try:
-            if not a.check: return reproduce(a.scale, a.only, a.runs_dir, overrides=_sets(a.set), log_output=a.log_output, threads=a.threads) and None
+            if not a.check: return reproduce(a.scale, a.only, a.runs_dir, overrides=_sets(a.set), log_output=a.log_output, threads=a.threads, jobs=a.jobs) and None
             rows, into = check_reproduction(a.scale, a.only, a.against, a.runs_dir, overrides=_sets(a.set), threads=a.threads,
                                             tol=a.tol, rtol=a.rtol, log_output=a.log_output)
         except RuntimeError as e: raise SystemExit(f'ea-nb reproduce: {e}')          # a run failed: exit 1
