@@ -50,12 +50,12 @@ MAIN_THREADS = $(shell n=$$(( $$(nproc 2>/dev/null || echo 2) / $(WORKERS) )); e
 GUARD_THREADS ?= $(if $(filter 1,$(MAIN_THREADS)),2,1)
 
 test: sync-check docs browser
-	$(BIN)/python -m pytest -n $(WORKERS) --dist loadgroup -m "not slow"
+	$(BIN)/python -m pytest -n $(WORKERS) --dist loadgroup -m "not slow" --durations=25
 	$(MAKE) --no-print-directory test-threads
 
-# the dry runs of the heaviest full-scale files (ResNet-101 OS8 at 513-769 crops, R-CNNs at 800x1333): ~30 min on 2 cores
+# the dry run of every full-scale file by itself (make test runs them too): the paper's models and sizes on fixtures
 test-dry: install
-	$(BIN)/python -m pytest -n $(WORKERS) --dist loadgroup -m slow tests/test_full_dry.py
+	$(BIN)/python -m pytest -n $(WORKERS) --dist loadgroup tests/test_full_dry.py
 
 test-threads: install
 	@echo "the tests that assert on trained quantities again, at $(GUARD_THREADS) torch thread(s) (the run above: $(MAIN_THREADS))"

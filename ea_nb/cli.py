@@ -52,6 +52,8 @@ def load_manifest(root=None) -> dict:
             raise ValueError(f"{path}: entry {name!r} has rtol={r!r}; rtol (the relative tolerance of `ea-nb reproduce --check`) must be a number in [0, 1]")
         if not isinstance(e.get('alone', False), bool):
             raise ValueError(f"{path}: entry {name!r} has alone={e['alone']!r}; alone (run by itself: it measures time) must be true or false")
+        if not isinstance(e.get('seed_params', {}), dict):
+            raise ValueError(f"{path}: entry {name!r} has seed_params={e['seed_params']!r}; seed_params (the extra seeds' parameters) must be a mapping, e.g. {{coefs: []}}")
         seeds = e.get('seeds', [])
         if not isinstance(seeds, list) or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
             raise ValueError(f"{path}: entry {name!r} has seeds={seeds!r}; seeds must be a list of whole numbers, e.g. [1, 2]")
@@ -144,7 +146,8 @@ def run_experiment(name:str, scale:str='cpu', runs_dir=None, overrides:dict|None
     extra, label = ({}, scale) if seed is None else (dict(seed=seed), f'{scale}, seed {seed}')
     if seed is not None: out = out/f'seed{seed}'
     base = scale_params(dict(entry, full=full[name][1]) if scale == 'full' else entry, scale, root)
-    params = check_params(nb, {**base, **(overrides or {}), **extra, 'out_dir': str(out)})
+    own = {} if seed is None else entry.get('seed_params', {})     # what an extra seed runs differently (fewer arms)
+    params = check_params(nb, {**base, **own, **(overrides or {}), **extra, 'out_dir': str(out)})
     check_experiment(entry, params, f"experiments/{full[name][1]}" if scale == 'full' else f'the manifest\'s {scale} parameters')
     out.mkdir(parents=True, exist_ok=True)
     (out/'metrics.json').unlink(missing_ok=True)
@@ -400,7 +403,7 @@ def train_command(task:str, config:str|None=None, sets:dict|None=None, root=None
         return reproduce('full', [name], root=root, overrides=sets)[name]
     check_params(root/'nbs'/entry['notebook'], cfg)      # the file: the notebook's parameters; --set: the task's settings
     ps = task_parameters(task)
-    arm = entry.get('arm', '{mixer}').format(**(cfg | sets))
+    arm = entry.get('arm', '{mixer}').format(**({k: p.default for k, p in ps.items()} | cfg | sets))   # the task's defaults fill the rest
     own = resolve_paths({k: v for k, v in cfg.items() if k in ps}, root/'nbs') | dict(out_dir=str(run_dir(name, 'full', root/'runs')/arm))
     return train(task, own | sets, source=f'{config} and --set')
 

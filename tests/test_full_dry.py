@@ -8,12 +8,17 @@ python batches, COCO, ModelNet40, ShapeNet part) and the weight files are local 
 (torchvision ResNet state dicts, torch-fidelity's FID Inception). The run must end with metrics.json; then
 `ea-nb train TASK --config experiments/X.yaml --set mixer=M resume=true ...` (the other entry point) must continue
 from the checkpoint the notebook wrote for that arm, one step further on a schedule one step longer.
+
+Both commands run through `ea_nb.cli.main`, the console script's own function, in the test process (its imports are
+paid once per process, not once per command); the notebook itself runs in a papermill kernel, as `ea-nb reproduce`
+always runs it. Each weight file is written once per test process.
 """
-import json, shutil, subprocess, sys, time
+import contextlib, io, json, shutil, time
 from pathlib import Path
 import pytest, torch, yaml
-from ea_nb.cli import full_configs, load_manifest, run_dir
+from ea_nb.cli import full_configs, load_manifest, main, run_dir
 from ea_nb.train import task_parameters
+from conftest import test_threads
 from test_data_loaders import rgb, label_png, stripes, write_voc, write_cifar
 from test_detection import write_coco
 from test_pointcloud import write_modelnet_off, write_shapenet
@@ -85,58 +90,66 @@ def inception_weights(path):
     torch.save(net.state_dict(), path)
 
 
-def dry_overrides(name, cfg, tmp):
-    "The entry's `dry` length plus the paths of the fixtures written for file `cfg` under `tmp`"
+@pytest.fixture(scope='session')
+def weight_file(tmp_path_factory):
+    "weight_file(name, arch): the local weight file `name` of `arch` (a ResNet, or 'inception' for FID), written once per process"
+    d, made = tmp_path_factory.mktemp('weights'), {}
+    def get(name, arch):
+        if (name, arch) not in made:
+            f = made[name, arch] = d/arch/name; f.parent.mkdir(exist_ok=True)
+            inception_weights(f) if arch == 'inception' else resnet_weights(f, arch)
+        return made[name, arch]
+    return get
+
+def dry_overrides(name, cfg, tmp, weight_file):
+    "The entry's `dry` length plus the paths of the fixtures written for file `cfg` under `tmp` (weights from `weight_file`)"
     entry = MANIFEST[FULL[name][0]]
     ov = dict(entry.get('dry') or {})
     if 'dataset' in cfg:
         key = 'data_root' if 'data_root' in cfg else 'root'
         ov[key] = str(DATASETS[cfg['dataset']](tmp/cfg['dataset']))
     for key in ('weights', 'backbone_weights'):
-        if cfg.get(key):
-            f = tmp/Path(cfg[key]).name; resnet_weights(f, cfg['backbone']); ov[key] = str(f)
-    if cfg.get('inception_weights'):
-        f = tmp/Path(cfg['inception_weights']).name; inception_weights(f); ov['inception_weights'] = str(f)
+        if cfg.get(key): ov[key] = str(weight_file(Path(cfg[key]).name, cfg['backbone']))
+    if cfg.get('inception_weights'): ov['inception_weights'] = str(weight_file(Path(cfg['inception_weights']).name, 'inception'))
     return ov
 
-def ea_nb(*args, timeout=900):
-    "Run the ea-nb CLI in a fresh process; its stdout (the test fails with its stderr)"
-    r = subprocess.run([sys.executable, '-m', 'ea_nb.cli', *args], capture_output=True, text=True, cwd=ROOT, timeout=timeout)
-    assert r.returncode == 0, f"ea-nb {' '.join(args)} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
-    return r.stdout
+def ea_nb(*args):
+    "Run the ea-nb CLI (`ea_nb.cli.main`, what the console script calls) on `args`; its stdout (the test fails with its message)"
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try: main(list(args)); code = 0
+        except SystemExit as e: code = e.code
+    assert code in (0, None), f"ea-nb {' '.join(args)} failed ({code}):\n{out.getvalue()[-3000:]}\n{err.getvalue()[-3000:]}"
+    return out.getvalue()
 
 def sets(d): return ['--set', *(f'{k}={json.dumps(v)}' for k, v in d.items())]
 
 
-# `make test` dry-runs every manifest entry's own full file (the eanet_voc and Mask R-CNN runs included); the other
-# data sets of the same notebooks and the ablation's second ResNet-101 sweep add 14 min on 2 cores (measured:
-# nbs/reproducing.md), beyond `make test`'s 15-minute budget: `make test-dry` runs them (pytest -m slow)
-HEAVY = {'eanet_ablation', 'eanet_ade20k', 'eanet_cityscapes', 'det_coco_faster_rcnn', 'eamlp19_imagenet', 'pct_shapenet_part'}
+# the heaviest first, so that the two test processes finish together
+COST = ['eanet_cityscapes', 'det_coco_mask_rcnn', 'det_coco_faster_rcnn', 'eanet_ade20k', 'eanet', 'eanet_ablation', 'pct_shapenet_part']
 
-@pytest.mark.parametrize('name', [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY else n for n in sorted(FULL)])
-def test_full_config_dry_run(name, tmp_path):
+@pytest.mark.parametrize('name', sorted(FULL, key=lambda n: (COST.index(n) if n in COST else len(COST), n)))
+def test_full_config_dry_run(name, tmp_path, weight_file):
     ename, fname = FULL[name]
     entry, cfg_file = MANIFEST[ename], ROOT/'experiments'/fname
     cfg = yaml.safe_load(cfg_file.read_text())
-    ov, runs = dry_overrides(name, cfg, tmp_path), tmp_path/'runs'
+    ov, runs = dry_overrides(name, cfg, tmp_path, weight_file), tmp_path/'runs'
     t0 = time.perf_counter()
-    ea_nb('reproduce', '--scale', 'full', '--only', name, '--runs-dir', str(runs), *sets(ov))
+    # at this process's thread count (the file's 0, torch's default, would put 4 threads on 2 cores beside the other worker)
+    ea_nb('reproduce', '--scale', 'full', '--only', name, '--runs-dir', str(runs), '--threads', str(test_threads()), *sets(ov))
     out = run_dir(name, 'full', runs)
     metrics = json.loads((out/'metrics.json').read_text())
     assert metrics, f'{name}: empty metrics.json'
     seconds = dict(reproduce=round(time.perf_counter() - t0, 1))
-    if entry.get('task'):            # the other entry point: one arm through the task registry, resuming a checkpoint
+    if entry.get('task'):            # the other entry point: one arm through the task registry, resuming the notebook's checkpoint
         ps = task_parameters(entry['task'])
         length = next(k for k in LENGTH_KEYS if k in cfg)
         done = lambda ck: ck['step'] if length == 'iterations' else ck['epoch']
         mixer = (ov.get('mixers') or cfg.get('mixers') or [ps['mixer'].default])[-1]
         arm_sets = {k: v for k, v in ov.items() if k in ps} | dict(mixer=mixer, progress=False)
-        t0 = time.perf_counter()
-        if entry.get('arm'): arm = out/entry['arm'].format(**{**cfg, **ov, 'mixer': mixer})   # the notebook wrote this arm's checkpoint
-        else:                        # a notebook that keeps no checkpoints (the ablation): a first run by ea-nb train
-            arm = tmp_path/'arm'
-            ea_nb('train', entry['task'], '--config', str(cfg_file), *sets(arm_sets | dict(out_dir=str(arm))))
+        arm = out/entry['arm'].format(**{k: p.default for k, p in ps.items()} | cfg | ov | dict(mixer=mixer))   # where the notebook wrote it
         last = torch.load(arm/'ckpt'/'last.pt', map_location='cpu', weights_only=True)
+        t0 = time.perf_counter()
         ea_nb('train', entry['task'], '--config', str(cfg_file),
               *sets(arm_sets | {'out_dir': str(arm), 'resume': True, 'extend_schedule': True, length: done(last) + 1}))
         again = torch.load(arm/'ckpt'/'last.pt', map_location='cpu', weights_only=True)
