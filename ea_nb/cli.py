@@ -165,11 +165,15 @@ def run_experiment(name:str, scale:str='cpu', runs_dir=None, overrides:dict|None
 
 # %% ../nbs/04_cli.ipynb #fdd9f310
 def _previous_seconds(name:str, scale:str, runs_dir, seed) -> float:
-    "How long this run took last time (its run.json), 0. if it never ran: the longest runs start first"
-    f = run_dir(name, scale, runs_dir)/('' if seed is None else f'seed{seed}')/'run.json'
-    try: return float(load_json(f).get('seconds', 0.))
-    except (OSError, ValueError): return 0.
+    "How long this run took last time (its run.json; a new seed: the entry's own run), 0. if it never ran: the longest start first"
+    d = run_dir(name, scale, runs_dir)
+    for f in ([] if seed is None else [d/f'seed{seed}'/'run.json']) + [d/'run.json']:
+        try: return float(load_json(f).get('seconds', 0.))
+        except (OSError, ValueError): pass
+    return 0.
 
+
+# %% ../nbs/04_cli.ipynb #1435aa45
 def reproduce(scale:str='cpu', only:list|None=None, runs_dir=None, root=None, overrides:dict|None=None, log_output:bool=False,
               threads:int|None=None,   # CPU threads of every notebook (its `num_threads`/`threads` parameter)
               jobs:int=1) -> dict:     # runs at once (each its own kernel); entries marked `alone` (timings) run by themselves first
@@ -181,22 +185,23 @@ def reproduce(scale:str='cpu', only:list|None=None, runs_dir=None, root=None, ov
     unknown = sorted(set(names) - set(m))
     if unknown: raise ValueError(f"unknown experiment(s) {unknown}; the manifest lists {sorted(m)}")
     if not isinstance(jobs, int) or jobs < 1: raise ValueError(f"jobs must be a whole number >= 1 (runs at once), got {jobs!r}")
-    entry = lambda n: load_manifest(root)[m[n][0] if scale == 'full' else n]
+    man = load_manifest(root)                       # read once: the entries' notebooks and `alone`
+    entry = lambda n: man[m[n][0] if scale == 'full' else n]
     todo = [(n, s) for n in names for s in [None] + (m[n].get('seeds', []) if scale == 'cpu' else [])]   # None: the notebook's own seed
+    key = lambda n, s: n if s is None else f'{n}/seed{s}'
     res, failed = {}, {}
     def one(n, s):
-        key = n if s is None else f'{n}/seed{s}'
-        print(f'[ea-nb] {key} ({scale}) ...', flush=True); t = time.time()
+        k = key(n, s); print(f'[ea-nb] {k} ({scale}) ...', flush=True); t = time.time()
         ov = {**(overrides or {}), **_thread_override(root/'nbs'/entry(n)['notebook'], threads)}
-        try: res[key] = run_experiment(n, scale, runs_dir, ov, root, log_output, seed=s)
-        except (RuntimeError, ValueError, FileNotFoundError) as e: failed[key] = str(e)
-        print(f'[ea-nb] {key} ({scale}) {"FAILED" if key in failed else "done"} in {time.time()-t:.0f}s', flush=True)
+        try: res[k] = run_experiment(n, scale, runs_dir, ov, root, log_output, seed=s)
+        except (RuntimeError, ValueError, FileNotFoundError) as e: failed[k] = str(e)
+        print(f'[ea-nb] {k} ({scale}) {"FAILED" if k in failed else "done"} in {time.time()-t:.0f}s', flush=True)
     alone = [r for r in todo if entry(r[0]).get('alone') or jobs == 1]
     shared = sorted((r for r in todo if r not in alone), key=lambda r: -_previous_seconds(r[0], scale, runs_dir or root/'runs', r[1]))
     for r in alone: one(*r)
     with ThreadPoolExecutor(jobs) as pool: list(pool.map(lambda r: one(*r), shared))
     if failed: raise RuntimeError('\n'.join(f'{n}: {failed[n]}' for n in sorted(failed)))
-    return {k: res[k] for k in (n if s is None else f'{n}/seed{s}' for n, s in todo) if k in res}
+    return {key(*r): res[key(*r)] for r in todo if key(*r) in res}
 
 # %% ../nbs/04_cli.ipynb #1c5a979a
 TIMING_WORDS = {'s', 'ms', 'sec', 'seconds', 'time', 'timings', 'wall', 'over', 'crossover'}
