@@ -7,15 +7,16 @@ Docs: https://ea-nb.github.io/ea-nb/cli.html.md"""
 # %% auto #0
 __all__ = ['SCALES', 'THREAD_PARAMS', 'TIMING_WORDS', 'CHECK_TOL', 'CHECK_RTOL', 'PATH_KEYS', 'USER_ERRORS', 'project_root',
            'load_yaml', 'load_manifest', 'scale_params', 'full_configs', 'demo_project', 'check_params',
-           'check_experiment', 'run_dir', 'run_experiment', 'reproduce', 'is_timing', 'metric_leaves',
-           'compare_metrics', 'check_reproduction', 'check_report', 'check_failed', 'adopt_outputs', 'run_results',
-           'readme_text', 'resolve_paths', 'experiment_of', 'train_command', 'read_config', 'task_help', 'main']
+           'check_experiment', 'ParameterError', 'check_notebook', 'run_dir', 'run_experiment', 'reproduce',
+           'is_timing', 'metric_leaves', 'compare_metrics', 'check_reproduction', 'check_report', 'check_failed',
+           'adopt_outputs', 'run_results', 'readme_text', 'resolve_paths', 'experiment_of', 'train_command',
+           'read_config', 'task_help', 'main']
 
 # %% ../nbs/04_cli.ipynb #21c763af
-import argparse, importlib, inspect, json, os, re, shlex, subprocess, sys, tempfile, time
+import argparse, importlib, inspect, json, math, os, re, shlex, subprocess, sys, tempfile, time, typing
 from pathlib import Path
 import yaml
-from .core import save_json, load_json
+from .core import RunError, save_json, load_json
 
 # %% ../nbs/04_cli.ipynb #28f7e269
 SCALES = ('tiny', 'cpu', 'full')
@@ -96,13 +97,22 @@ def demo_project(seeds:list|None=None) -> Path:
     return root
 
 # %% ../nbs/04_cli.ipynb #10e86cd0
-def check_params(nb_path, params:dict) -> dict:
-    "Raise if `params` names a key the parameters cell of `nb_path` does not define"
-    import papermill as pm
-    allowed = pm.inspect_notebook(str(nb_path))
+_PM_TYPES = dict(int=int, float=float, str=str, bool=bool, list=list, dict=dict)   # papermill's inferred type names
+
+def check_params(nb_path, params:dict, declared:dict|None=None) -> dict:
+    "Raise if `params` names a key the parameters cell of `nb_path` does not define, or gives one a value of another type or out of range"
+    import difflib, papermill as pm
+    from ea_nb.train import check_value
+    allowed = declared if declared is not None else pm.inspect_notebook(str(nb_path))
     if not allowed: raise ValueError(f"{nb_path} has no cell tagged 'parameters'; tag the cell that holds its parameters")
     bad = sorted(set(params) - set(allowed))
-    if bad: raise ValueError(f"unknown parameter(s) {bad} for {Path(nb_path).name}; allowed: {sorted(allowed)}")
+    near = {k: m[0] for k in bad if (m := difflib.get_close_matches(k, list(allowed), n=1))}
+    hint = f" (did you mean {', '.join(f'{m!r} for {k!r}' if len(bad) > 1 else repr(m) for k, m in near.items())}?)" if near else ''
+    if bad: raise ValueError(f"unknown parameter(s) {bad} for {Path(nb_path).name}{hint}; allowed: {sorted(allowed)}")
+    for k, v in params.items():
+        p = allowed[k]
+        t = _PM_TYPES.get(p['inferred_type_name'].strip(), typing.Any)
+        check_value(Path(nb_path).name, k, v, t if t is typing.Any or p['default'].strip() != 'None' else t | None)
     return params
 
 # %% ../nbs/04_cli.ipynb #7a961ccf
@@ -113,6 +123,41 @@ def check_experiment(entry:dict, params:dict, source:str=''):
     ps = task_parameters(entry['task'])
     own = {k: v for k, v in params.items() if k in ps}
     for mx in params.get('mixers') or [None]: task_config(entry['task'], own | ({} if mx is None else dict(mixer=mx)), source)
+
+# %% ../nbs/04_cli.ipynb #c03bbca9
+class ParameterError(ValueError):
+    "A notebook parameter it does not have, or a value it cannot use: one line, inside a notebook too"
+    def _render_traceback_(self): return [f'{type(self).__name__}: {self}']   # what IPython (and so papermill) shows
+
+def _papermill_cells() -> tuple:
+    "(the parameters cell's source, papermill's injected cell's source) run in this IPython kernel; (None, None) outside papermill"
+    try: from IPython import get_ipython
+    except ImportError: return None, None
+    ip = get_ipython()
+    hist = list(getattr(getattr(ip, 'history_manager', None), 'input_hist_raw', None) or [])
+    i = next((i for i in range(len(hist) - 1, 0, -1) if hist[i].startswith('# Parameters\n')), None)   # papermill's comment line
+    return (None, None) if i is None else (hist[i - 1], hist[i])
+
+def check_notebook(nb_name:str,     # the experiment notebook's file name, e.g. '31_exp.gan.ipynb'
+                   ns:dict):        # its globals(): the values papermill injected
+    "In an experiment notebook, before any compute: refuse a papermill parameter it does not have or a value it cannot use"
+    import ast, nbformat
+    from papermill.translators import PythonTranslator
+    params_src, injected_src = _papermill_cells()
+    if injected_src is None: return   # not run by papermill: the parameters cell's own values
+    declared = {p.name: p._asdict() for p in PythonTranslator.inspect(nbformat.v4.new_code_cell(params_src))}
+    names = [t.id for n in ast.parse(injected_src).body if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)]
+    given = {k: ns[k] for k in names if k in ns}
+    try:
+        check_params(nb_name, given, declared)
+        entry = next((e for e in load_manifest(project_root(Path(__file__).parent)).values() if e['notebook'] == nb_name), None)
+    except FileNotFoundError: entry = None   # an installed package without the checkout's manifest: the notebook's own checks
+    except ValueError as e: raise ParameterError(str(e)) from None
+    try: check_experiment(entry or {}, given, 'papermill parameters')
+    except ValueError as e: raise ParameterError(str(e)) from None
+    if given.get('device', 'cpu') not in ('auto', 'cpu'):
+        from ea_nb.core import check_device
+        check_device(given['device'])
 
 # %% ../nbs/04_cli.ipynb #759e10fd
 def run_dir(name:str, scale:str, runs_dir) -> Path:
