@@ -195,14 +195,20 @@ def run_experiment(name:str, scale:str='cpu', runs_dir=None, overrides:dict|None
     params = check_params(nb, {**base, **own, **(overrides or {}), **extra, 'out_dir': str(out)})
     check_experiment(entry, params, f"experiments/{full[name][1]}" if scale == 'full' else f'the manifest\'s {scale} parameters')
     out.mkdir(parents=True, exist_ok=True)
-    (out/'metrics.json').unlink(missing_ok=True)
+    prev = out/'.metrics.json.prev'      # the last run's metrics: put back if this run fails
+    if (out/'metrics.json').exists(): os.replace(out/'metrics.json', prev)
     start = time.time()
-    try: pm.execute_notebook(str(nb), str(out/'output.ipynb'), parameters=params, cwd=str(nb.parent),
-                             kernel_name='python3', log_output=log_output, progress_bar=progress_bar)
-    except pm.PapermillExecutionError as e:
-        raise RuntimeError(f"experiment {name!r} ({label}) failed in cell {e.exec_count}: {e.ename}: {e.evalue}. "
+    try:
+        try: pm.execute_notebook(str(nb), str(out/'output.ipynb'), parameters=params, cwd=str(nb.parent),
+                                 kernel_name='python3', log_output=log_output, progress_bar=progress_bar)
+        except pm.PapermillExecutionError as e:
+            raise RunError(f"experiment {name!r} ({label}) failed in cell {e.exec_count}: {e.ename}: {e.evalue}. "
                            f"The executed notebook, with the failing cell marked, is {out/'output.ipynb'}") from None
-    if not (out/'metrics.json').exists(): raise RuntimeError(f"{nb.name} ran but wrote no metrics.json to out_dir ({out})")
+        if not (out/'metrics.json').exists(): raise RunError(f"{nb.name} ran but wrote no metrics.json to out_dir ({out})")
+    except BaseException:
+        if prev.exists(): os.replace(prev, out/'metrics.json')
+        raise
+    prev.unlink(missing_ok=True)
     sets = ' '.join(f'--set {k}={shlex.quote(json.dumps(v))}' for k, v in (overrides or {}).items())
     save_json(dict(name=name, scale=scale, notebook=f'nbs/{nb.name}', parameters=params, seconds=round(time.time()-start, 1),
                    command=f'ea-nb reproduce --scale {scale} --only {name} {sets}'.strip()), out/'run.json')
@@ -230,6 +236,8 @@ def reproduce(scale:str='cpu', only:list|None=None, runs_dir=None, root=None, ov
     unknown = sorted(set(names) - set(m))
     if unknown: raise ValueError(f"unknown experiment(s) {unknown}; the manifest lists {sorted(m)}")
     if not isinstance(jobs, int) or jobs < 1: raise ValueError(f"jobs must be a whole number >= 1 (runs at once), got {jobs!r}")
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 0):
+        raise ValueError(f"--threads (CPU threads of every notebook) must be a whole number >= 0 (0: torch's default), got {threads!r}")
     man = load_manifest(root)                       # read once: the entries' notebooks and `alone`
     entry = lambda n: man[m[n][0] if scale == 'full' else n]
     todo = [(n, s) for n in names for s in [None] + (m[n].get('seeds', []) if scale == 'cpu' else [])]   # None: the notebook's own seed
@@ -245,7 +253,7 @@ def reproduce(scale:str='cpu', only:list|None=None, runs_dir=None, root=None, ov
     shared = sorted((r for r in todo if r not in alone), key=lambda r: -_previous_seconds(r[0], scale, runs_dir or root/'runs', r[1]))
     for r in alone: one(*r)
     with ThreadPoolExecutor(jobs) as pool: list(pool.map(lambda r: one(*r), shared))
-    if failed: raise RuntimeError('\n'.join(f'{n}: {failed[n]}' for n in sorted(failed)))
+    if failed: raise RunError('\n'.join(f'{n}: {failed[n]}' for n in sorted(failed)))
     return {key(*r): res[key(*r)] for r in todo if key(*r) in res}
 
 # %% ../nbs/04_cli.ipynb #1c5a979a
@@ -431,6 +439,12 @@ def experiment_of(config_path, root=None) -> str|None:
     return next((n for n, (_, f) in full_configs(root).items() if (root/'experiments'/f).resolve() == p), None)
 
 # %% ../nbs/04_cli.ipynb #98df2626
+def _use_device(device:str):
+    "Train on `device` ('auto', 'cpu' or 'cuda'), as the notebooks' `device` parameter does; a RunError if it is not on this machine"
+    from ea_nb.core import check_device
+    if device == 'auto': return
+    if check_device(device).type == 'cpu': os.environ['ACCELERATE_USE_CPU'] = 'true'   # before the engine creates its Accelerator
+
 def train_command(task:str, config:str|None=None, sets:dict|None=None, root=None):
     "What `ea-nb train TASK [--config FILE] [--set ...]` does; returns the metrics"
     from ea_nb.train import get_task, task_parameters, train
@@ -453,18 +467,28 @@ def train_command(task:str, config:str|None=None, sets:dict|None=None, root=None
         return reproduce('full', [name], root=root, overrides=sets)[name]
     check_params(root/'nbs'/entry['notebook'], cfg)      # the file: the notebook's parameters; --set: the task's settings
     ps = task_parameters(task)
+    if 'device' not in ps: _use_device(sets.pop('device', cfg.get('device', 'auto')))   # the notebook's setting, honoured here too
     arm = entry.get('arm', '{mixer}').format(**({k: p.default for k, p in ps.items()} | cfg | sets))   # the task's defaults fill the rest
     own = resolve_paths({k: v for k, v in cfg.items() if k in ps}, root/'nbs') | dict(out_dir=str(run_dir(name, 'full', root/'runs')/arm))
     return train(task, own | sets, source=f'{config} and --set')
 
 # %% ../nbs/04_cli.ipynb #b7b7dd3a
 def _sets(pairs) -> dict:
-    "Parse ['k=v', ...] into a dict, each value read as YAML"
+    "Parse ['k=v', ...] into a dict, each value read as YAML, and a number YAML 1.1 reads as text (1e4) as Python reads it"
     out = {}
     for p in pairs or []:
         if '=' not in p: raise ValueError(f"--set expects key=value, got {p!r}")
-        k, v = p.split('=', 1); out[k.strip()] = yaml.safe_load(v)
+        k, v = p.split('=', 1); out[k.strip()] = _number(yaml.safe_load(v))
     return out
+
+def _number(v):
+    "int or float of string `v` when Python reads it as a finite number (YAML 1.1 needs a dot in 1.0e4: '1e4' stays text), else `v`"
+    if not isinstance(v, str): return v
+    for t in (int, float):
+        try: x = t(v)
+        except ValueError: continue
+        return x if math.isfinite(x) else v
+    return v
 
 # %% ../nbs/04_cli.ipynb #5e80f9d0
 def _parser():
@@ -532,11 +556,11 @@ def main(argv=None):
     "Entry point of the `ea-nb` console script: a user error is one line on stderr and exit status 2 (`--debug`: the traceback)"
     argv = sys.argv[1:] if argv is None else list(argv)
     try: return _main(argv)
-    except USER_ERRORS as e:
+    except (*USER_ERRORS, RunError) as e:   # RunError: a run that could not start or go on (exit status 1)
         if '--debug' in argv: raise
         cmd = next((w for w in argv if not w.startswith('-')), '')
         print(f"ea-nb {cmd}: error: {e}".replace('  ', ' '), file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(1 if isinstance(e, RunError) else 2) from None
 
 def _main(argv):
     a, rest = _parser().parse_known_args(argv)
