@@ -294,7 +294,7 @@ def _check_finite(self:Trainer, row:dict):
         if ts and not torch.stack([torch.isfinite(t).all() for t in ts.values()]).all():   # one sync per epoch
             ks = [k for k, t in ts.items() if not torch.isfinite(t).all()]
             bad.append(f"{name}{'weight' if len(ks) == 1 else 'weights'} {', '.join(ks[:3])}{' ...' if len(ks) > 3 else ''}")
-    if bad: self._diverged(f"{'; '.join(bad)} {'is' if len(bad) == 1 else 'are'} not finite (NaN or inf)")
+    if bad: self._diverged(f"{'; '.join(bad)} not finite (NaN or inf)")
 
 # %% ../nbs/03_train.ipynb #0bd4cada
 from accelerate.data_loader import DataLoaderStateMixin
@@ -513,14 +513,19 @@ def _check_out_dir(self:Trainer) -> Path:
     d = self.out_dir
     p = next((q for q in (d, *d.parents) if q.exists()), None)
     if p is not None and not p.is_dir(): raise RunError(f"out_dir {d} cannot be a folder: {p} is a file; choose another out_dir or move the file away")
-    try: self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+    try: d.mkdir(parents=True, exist_ok=True)
     except OSError as e: raise RunError(f"out_dir {d} cannot be created ({e.strerror or e}); choose a folder you can write") from None
-    for f in (d/'log.csv', d/'metrics.json', self.ckpt_dir/'best.pt', self.ckpt_dir/'last.pt'):
-        if f.is_dir(): raise RunError(f"{f} is a folder, where the run writes a file; move it away or train into another out_dir")
-    need, free = 2 * self.checkpoint_bytes(), shutil.disk_usage(self.ckpt_dir).free
-    if free < need: raise RunError(f"out_dir {d} has {free / 2**20:.1f} MiB free, but a new best.pt and last.pt need about "
-                                   f"{need / 2**20:.1f} MiB; free space or choose another out_dir")
-    return take_lock(d)
+    lock = take_lock(d)   # first, so that a run refused here creates nothing in the folder
+    try:
+        try: self.ckpt_dir.mkdir(exist_ok=True)
+        except OSError as e: raise RunError(f"{self.ckpt_dir} cannot be created ({e.strerror or e}); choose a folder you can write") from None
+        for f in (d/'log.csv', d/'metrics.json', self.ckpt_dir/'best.pt', self.ckpt_dir/'last.pt'):
+            if f.is_dir(): raise RunError(f"{f} is a folder, where the run writes a file; move it away or train into another out_dir")
+        need, free = 2 * self.checkpoint_bytes(), shutil.disk_usage(self.ckpt_dir).free
+        if free < need: raise RunError(f"out_dir {d} has {free / 2**20:.1f} MiB free, but a new best.pt and last.pt need about "
+                                       f"{need / 2**20:.1f} MiB; free space or choose another out_dir")
+    except BaseException: release_lock(lock); raise
+    return lock
 
 @patch
 def _release_out_dir(self:Trainer):
