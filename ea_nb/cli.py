@@ -99,7 +99,10 @@ def demo_project(seeds:list|None=None) -> Path:
 # %% ../nbs/04_cli.ipynb #10e86cd0
 _PM_TYPES = dict(int=int, float=float, str=str, bool=bool, list=list, dict=dict)   # papermill's inferred type names
 
-def check_params(nb_path, params:dict, declared:dict|None=None) -> dict:
+def check_params(nb_path, params:dict,
+                 declared:dict|None=None,   # the parameters (papermill's `inspect_notebook`); None: read from `nb_path`
+                 entry:dict|None=None,      # the notebook's manifest entry: its task's settings are checked too (`check_experiment`)
+                 source:str='') -> dict:    # where `params` came from, for the messages
     "Raise if `params` names a key the parameters cell of `nb_path` does not define, or gives one a value of another type or out of range"
     import difflib, papermill as pm
     from ea_nb.train import check_value
@@ -109,10 +112,12 @@ def check_params(nb_path, params:dict, declared:dict|None=None) -> dict:
     near = {k: m[0] for k in bad if (m := difflib.get_close_matches(k, list(allowed), n=1))}
     hint = f" (did you mean {', '.join(f'{m!r} for {k!r}' if len(bad) > 1 else repr(m) for k, m in near.items())}?)" if near else ''
     if bad: raise ValueError(f"unknown parameter(s) {bad} for {Path(nb_path).name}{hint}; allowed: {sorted(allowed)}")
+    if entry is not None: check_experiment(entry, params, source)   # the task's own messages first: they say more
     for k, v in params.items():
         p = allowed[k]
         t = _PM_TYPES.get(p['inferred_type_name'].strip(), typing.Any)
-        check_value(Path(nb_path).name, k, v, t if t is typing.Any or p['default'].strip() != 'None' else t | None)
+        check_value(Path(nb_path).name, k, v, t if t is typing.Any or p['default'].strip() != 'None' else t | None,
+                    f' (from {source})' if source else '')
     return params
 
 # %% ../nbs/04_cli.ipynb #7a961ccf
@@ -148,16 +153,14 @@ def check_notebook(nb_name:str,     # the experiment notebook's file name, e.g. 
     declared = {p.name: p._asdict() for p in PythonTranslator.inspect(nbformat.v4.new_code_cell(params_src))}
     names = [t.id for n in ast.parse(injected_src).body if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)]
     given = {k: ns[k] for k in names if k in ns}
-    try:
-        check_params(nb_name, given, declared)
-        entry = next((e for e in load_manifest(project_root(Path(__file__).parent)).values() if e['notebook'] == nb_name), None)
-    except FileNotFoundError: entry = None   # an installed package without the checkout's manifest: the notebook's own checks
-    except ValueError as e: raise ParameterError(str(e)) from None
-    try: check_experiment(entry or {}, given, 'papermill parameters')
+    try: entry = next((e for e in load_manifest(project_root(Path(__file__).parent)).values() if e['notebook'] == nb_name), {})
+    except (FileNotFoundError, ValueError): entry = {}   # an installed package without the checkout's manifest: the notebook's own checks
+    try: check_params(nb_name, given, declared, entry, 'papermill parameters')
     except ValueError as e: raise ParameterError(str(e)) from None
     if given.get('device', 'cpu') not in ('auto', 'cpu'):
         from ea_nb.core import check_device
-        check_device(given['device'])
+        try: check_device(given['device'])
+        except ValueError as e: raise ParameterError(str(e)) from None
 
 # %% ../nbs/04_cli.ipynb #759e10fd
 def run_dir(name:str, scale:str, runs_dir) -> Path:
@@ -192,8 +195,8 @@ def run_experiment(name:str, scale:str='cpu', runs_dir=None, overrides:dict|None
     if seed is not None: out = out/f'seed{seed}'
     base = scale_params(dict(entry, full=full[name][1]) if scale == 'full' else entry, scale, root)
     own = {} if seed is None else entry.get('seed_params', {})     # what an extra seed runs differently (fewer arms)
-    params = check_params(nb, {**base, **own, **(overrides or {}), **extra, 'out_dir': str(out)})
-    check_experiment(entry, params, f"experiments/{full[name][1]}" if scale == 'full' else f'the manifest\'s {scale} parameters')
+    params = check_params(nb, {**base, **own, **(overrides or {}), **extra, 'out_dir': str(out)}, entry=entry,
+                          source=(f"experiments/{full[name][1]}" if scale == 'full' else f'the manifest\'s {scale} parameters') + (' and --set' if overrides else ''))
     out.mkdir(parents=True, exist_ok=True)
     prev = out/'.metrics.json.prev'      # the last run's metrics: put back if this run fails
     if (out/'metrics.json').exists(): os.replace(out/'metrics.json', prev)
@@ -463,9 +466,9 @@ def train_command(task:str, config:str|None=None, sets:dict|None=None, root=None
     if 'mixer' not in sets:          # the whole experiment, as `ea-nb reproduce --scale full --only NAME` runs it
         if int(os.environ.get('WORLD_SIZE', '1')) > 1:
             raise ValueError(f"{config} runs its notebook in one process; to train one arm on {os.environ['WORLD_SIZE']} processes add --set mixer=NAME")
-        check_experiment(entry, check_params(root/'nbs'/entry['notebook'], {**cfg, **sets}), f'{config} and --set' if sets else config)
+        check_params(root/'nbs'/entry['notebook'], {**cfg, **sets}, entry=entry, source=f'{config} and --set' if sets else config)
         return reproduce('full', [name], root=root, overrides=sets)[name]
-    check_params(root/'nbs'/entry['notebook'], cfg)      # the file: the notebook's parameters; --set: the task's settings
+    check_params(root/'nbs'/entry['notebook'], cfg, source=config)      # the file: the notebook's parameters; --set: the task's settings
     ps = task_parameters(task)
     if 'device' not in ps: _use_device(sets.pop('device', cfg.get('device', 'auto')))   # the notebook's setting, honoured here too
     arm = entry.get('arm', '{mixer}').format(**({k: p.default for k, p in ps.items()} | cfg | sets))   # the task's defaults fill the rest

@@ -227,7 +227,9 @@ def test_resume_from_a_folder(tmp_path):
 # ---------- 4. papermill directly: unknown names and bad values refused before any compute ----------
 @pytest.mark.parametrize('param, value, words', [
     ('iteration', '3', "ParameterError: unknown parameter(s) ['iteration'] for 31_exp.gan.ipynb (did you mean 'iterations'?)"),
-    ('iterations', '-1', "ParameterError: config key 'iterations' of 31_exp.gan.ipynb must be > 0, got -1")])
+    ('iterations', '-1', "ParameterError: config key 'iterations' of task gan must be > 0, got -1 (from papermill parameters)"),
+    ('proxy_width', 'wide', "ParameterError: config key 'proxy_width' of task gan must be int, got 'wide' (str) (from papermill parameters)"),
+    ('device', 'tpu', "ParameterError: device must be 'cpu', 'cuda' or 'cuda:N', got 'tpu'")])
 def test_papermill_refuses(tmp_path, param, value, words):
     import nbformat
     out = tmp_path/'out.ipynb'
@@ -245,7 +247,7 @@ def test_papermill_refuses(tmp_path, param, value, words):
 
 def test_reproduce_refuses_before_the_kernel(tmp_path):
     code, err = cli('reproduce', '--scale', 'tiny', '--only', 'gan', '--runs-dir', tmp_path, '--set', 'iterations=-1')
-    assert code == 1 and "gan: config key 'iterations' of 31_exp.gan.ipynb must be > 0, got -1" in one_line(err), err
+    assert code == 1 and "gan: config key 'iterations' of task gan must be > 0, got -1 (from the manifest's tiny parameters and --set)" in one_line(err), err
     assert not list(tmp_path.rglob('output.ipynb'))                               # refused before any kernel started
 
 
