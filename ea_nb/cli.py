@@ -7,15 +7,16 @@ Docs: https://ea-nb.github.io/ea-nb/cli.html.md"""
 # %% auto #0
 __all__ = ['SCALES', 'THREAD_PARAMS', 'TIMING_WORDS', 'CHECK_TOL', 'CHECK_RTOL', 'PATH_KEYS', 'USER_ERRORS', 'project_root',
            'load_yaml', 'load_manifest', 'scale_params', 'full_configs', 'demo_project', 'check_params',
-           'check_experiment', 'run_dir', 'run_experiment', 'reproduce', 'is_timing', 'metric_leaves',
-           'compare_metrics', 'check_reproduction', 'check_report', 'check_failed', 'adopt_outputs', 'run_results',
-           'readme_text', 'resolve_paths', 'experiment_of', 'train_command', 'read_config', 'task_help', 'main']
+           'check_experiment', 'ParameterError', 'check_notebook', 'run_dir', 'run_experiment', 'reproduce',
+           'is_timing', 'metric_leaves', 'compare_metrics', 'check_reproduction', 'check_report', 'check_failed',
+           'adopt_outputs', 'run_results', 'readme_text', 'resolve_paths', 'experiment_of', 'train_command',
+           'read_config', 'task_help', 'main']
 
 # %% ../nbs/04_cli.ipynb #21c763af
-import argparse, importlib, inspect, json, os, re, shlex, subprocess, sys, tempfile, time
+import argparse, importlib, inspect, json, math, os, re, shlex, subprocess, sys, tempfile, time, typing
 from pathlib import Path
 import yaml
-from .core import save_json, load_json
+from .core import RunError, save_json, load_json
 
 # %% ../nbs/04_cli.ipynb #28f7e269
 SCALES = ('tiny', 'cpu', 'full')
@@ -96,13 +97,27 @@ def demo_project(seeds:list|None=None) -> Path:
     return root
 
 # %% ../nbs/04_cli.ipynb #10e86cd0
-def check_params(nb_path, params:dict) -> dict:
-    "Raise if `params` names a key the parameters cell of `nb_path` does not define"
-    import papermill as pm
-    allowed = pm.inspect_notebook(str(nb_path))
+_PM_TYPES = dict(int=int, float=float, str=str, bool=bool, list=list, dict=dict)   # papermill's inferred type names
+
+def check_params(nb_path, params:dict,
+                 declared:dict|None=None,   # the parameters (papermill's `inspect_notebook`); None: read from `nb_path`
+                 entry:dict|None=None,      # the notebook's manifest entry: its task's settings are checked too (`check_experiment`)
+                 source:str='') -> dict:    # where `params` came from, for the messages
+    "Raise if `params` names a key the parameters cell of `nb_path` does not define, or gives one a value of another type or out of range"
+    import difflib, papermill as pm
+    from ea_nb.train import check_value
+    allowed = declared if declared is not None else pm.inspect_notebook(str(nb_path))
     if not allowed: raise ValueError(f"{nb_path} has no cell tagged 'parameters'; tag the cell that holds its parameters")
     bad = sorted(set(params) - set(allowed))
-    if bad: raise ValueError(f"unknown parameter(s) {bad} for {Path(nb_path).name}; allowed: {sorted(allowed)}")
+    near = {k: m[0] for k in bad if (m := difflib.get_close_matches(k, list(allowed), n=1))}
+    hint = f" (did you mean {', '.join(f'{m!r} for {k!r}' if len(bad) > 1 else repr(m) for k, m in near.items())}?)" if near else ''
+    if bad: raise ValueError(f"unknown parameter(s) {bad} for {Path(nb_path).name}{hint}; allowed: {sorted(allowed)}")
+    if entry is not None: check_experiment(entry, params, source)   # the task's own messages first: they say more
+    for k, v in params.items():
+        p = allowed[k]
+        t = _PM_TYPES.get(p['inferred_type_name'].strip(), typing.Any)
+        check_value(Path(nb_path).name, k, v, t if t is typing.Any or p['default'].strip() != 'None' else t | None,
+                    f' (from {source})' if source else '')
     return params
 
 # %% ../nbs/04_cli.ipynb #7a961ccf
@@ -113,6 +128,39 @@ def check_experiment(entry:dict, params:dict, source:str=''):
     ps = task_parameters(entry['task'])
     own = {k: v for k, v in params.items() if k in ps}
     for mx in params.get('mixers') or [None]: task_config(entry['task'], own | ({} if mx is None else dict(mixer=mx)), source)
+
+# %% ../nbs/04_cli.ipynb #c03bbca9
+class ParameterError(ValueError):
+    "A notebook parameter it does not have, or a value it cannot use: one line, inside a notebook too"
+    def _render_traceback_(self): return [f'{type(self).__name__}: {self}']   # what IPython (and so papermill) shows
+
+def _papermill_cells() -> tuple:
+    "(the parameters cell's source, papermill's injected cell's source) run in this IPython kernel; (None, None) outside papermill"
+    try: from IPython import get_ipython
+    except ImportError: return None, None
+    ip = get_ipython()
+    hist = list(getattr(getattr(ip, 'history_manager', None), 'input_hist_raw', None) or [])
+    i = next((i for i in range(len(hist) - 1, 0, -1) if hist[i].startswith('# Parameters\n')), None)   # papermill's comment line
+    return (None, None) if i is None else (hist[i - 1], hist[i])
+
+def check_notebook(nb_name:str,     # the experiment notebook's file name, e.g. '31_exp.gan.ipynb'
+                   ns:dict):        # its globals(): the values papermill injected
+    "In an experiment notebook, before any compute: refuse a papermill parameter it does not have or a value it cannot use"
+    import ast, nbformat
+    from papermill.translators import PythonTranslator
+    params_src, injected_src = _papermill_cells()
+    if injected_src is None: return   # not run by papermill: the parameters cell's own values
+    declared = {p.name: p._asdict() for p in PythonTranslator.inspect(nbformat.v4.new_code_cell(params_src))}
+    names = [t.id for n in ast.parse(injected_src).body if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)]
+    given = {k: ns[k] for k in names if k in ns}
+    try: entry = next((e for e in load_manifest(project_root(Path(__file__).parent)).values() if e['notebook'] == nb_name), {})
+    except (FileNotFoundError, ValueError): entry = {}   # an installed package without the checkout's manifest: the notebook's own checks
+    try: check_params(nb_name, given, declared, entry, 'papermill parameters')
+    except ValueError as e: raise ParameterError(str(e)) from None
+    if given.get('device', 'cpu') not in ('auto', 'cpu'):
+        from ea_nb.core import check_device
+        try: check_device(given['device'])
+        except ValueError as e: raise ParameterError(str(e)) from None
 
 # %% ../nbs/04_cli.ipynb #759e10fd
 def run_dir(name:str, scale:str, runs_dir) -> Path:
@@ -147,17 +195,23 @@ def run_experiment(name:str, scale:str='cpu', runs_dir=None, overrides:dict|None
     if seed is not None: out = out/f'seed{seed}'
     base = scale_params(dict(entry, full=full[name][1]) if scale == 'full' else entry, scale, root)
     own = {} if seed is None else entry.get('seed_params', {})     # what an extra seed runs differently (fewer arms)
-    params = check_params(nb, {**base, **own, **(overrides or {}), **extra, 'out_dir': str(out)})
-    check_experiment(entry, params, f"experiments/{full[name][1]}" if scale == 'full' else f'the manifest\'s {scale} parameters')
+    params = check_params(nb, {**base, **own, **(overrides or {}), **extra, 'out_dir': str(out)}, entry=entry,
+                          source=(f"experiments/{full[name][1]}" if scale == 'full' else f'the manifest\'s {scale} parameters') + (' and --set' if overrides else ''))
     out.mkdir(parents=True, exist_ok=True)
-    (out/'metrics.json').unlink(missing_ok=True)
+    prev = out/'.metrics.json.prev'      # the last run's metrics: put back if this run fails
+    if (out/'metrics.json').exists(): os.replace(out/'metrics.json', prev)
     start = time.time()
-    try: pm.execute_notebook(str(nb), str(out/'output.ipynb'), parameters=params, cwd=str(nb.parent),
-                             kernel_name='python3', log_output=log_output, progress_bar=progress_bar)
-    except pm.PapermillExecutionError as e:
-        raise RuntimeError(f"experiment {name!r} ({label}) failed in cell {e.exec_count}: {e.ename}: {e.evalue}. "
+    try:
+        try: pm.execute_notebook(str(nb), str(out/'output.ipynb'), parameters=params, cwd=str(nb.parent),
+                                 kernel_name='python3', log_output=log_output, progress_bar=progress_bar)
+        except pm.PapermillExecutionError as e:
+            raise RunError(f"experiment {name!r} ({label}) failed in cell {e.exec_count}: {e.ename}: {e.evalue}. "
                            f"The executed notebook, with the failing cell marked, is {out/'output.ipynb'}") from None
-    if not (out/'metrics.json').exists(): raise RuntimeError(f"{nb.name} ran but wrote no metrics.json to out_dir ({out})")
+        if not (out/'metrics.json').exists(): raise RunError(f"{nb.name} ran but wrote no metrics.json to out_dir ({out})")
+    except BaseException:
+        if prev.exists(): os.replace(prev, out/'metrics.json')
+        raise
+    prev.unlink(missing_ok=True)
     sets = ' '.join(f'--set {k}={shlex.quote(json.dumps(v))}' for k, v in (overrides or {}).items())
     save_json(dict(name=name, scale=scale, notebook=f'nbs/{nb.name}', parameters=params, seconds=round(time.time()-start, 1),
                    command=f'ea-nb reproduce --scale {scale} --only {name} {sets}'.strip()), out/'run.json')
@@ -185,6 +239,8 @@ def reproduce(scale:str='cpu', only:list|None=None, runs_dir=None, root=None, ov
     unknown = sorted(set(names) - set(m))
     if unknown: raise ValueError(f"unknown experiment(s) {unknown}; the manifest lists {sorted(m)}")
     if not isinstance(jobs, int) or jobs < 1: raise ValueError(f"jobs must be a whole number >= 1 (runs at once), got {jobs!r}")
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 0):
+        raise ValueError(f"--threads (CPU threads of every notebook) must be a whole number >= 0 (0: torch's default), got {threads!r}")
     man = load_manifest(root)                       # read once: the entries' notebooks and `alone`
     entry = lambda n: man[m[n][0] if scale == 'full' else n]
     todo = [(n, s) for n in names for s in [None] + (m[n].get('seeds', []) if scale == 'cpu' else [])]   # None: the notebook's own seed
@@ -200,7 +256,7 @@ def reproduce(scale:str='cpu', only:list|None=None, runs_dir=None, root=None, ov
     shared = sorted((r for r in todo if r not in alone), key=lambda r: -_previous_seconds(r[0], scale, runs_dir or root/'runs', r[1]))
     for r in alone: one(*r)
     with ThreadPoolExecutor(jobs) as pool: list(pool.map(lambda r: one(*r), shared))
-    if failed: raise RuntimeError('\n'.join(f'{n}: {failed[n]}' for n in sorted(failed)))
+    if failed: raise RunError('\n'.join(f'{n}: {failed[n]}' for n in sorted(failed)))
     return {key(*r): res[key(*r)] for r in todo if key(*r) in res}
 
 # %% ../nbs/04_cli.ipynb #1c5a979a
@@ -386,6 +442,12 @@ def experiment_of(config_path, root=None) -> str|None:
     return next((n for n, (_, f) in full_configs(root).items() if (root/'experiments'/f).resolve() == p), None)
 
 # %% ../nbs/04_cli.ipynb #98df2626
+def _use_device(device:str):
+    "Train on `device` ('auto', 'cpu' or 'cuda'), as the notebooks' `device` parameter does; a RunError if it is not on this machine"
+    from ea_nb.core import check_device
+    if device == 'auto': return
+    if check_device(device).type == 'cpu': os.environ['ACCELERATE_USE_CPU'] = 'true'   # before the engine creates its Accelerator
+
 def train_command(task:str, config:str|None=None, sets:dict|None=None, root=None):
     "What `ea-nb train TASK [--config FILE] [--set ...]` does; returns the metrics"
     from ea_nb.train import get_task, task_parameters, train
@@ -404,22 +466,32 @@ def train_command(task:str, config:str|None=None, sets:dict|None=None, root=None
     if 'mixer' not in sets:          # the whole experiment, as `ea-nb reproduce --scale full --only NAME` runs it
         if int(os.environ.get('WORLD_SIZE', '1')) > 1:
             raise ValueError(f"{config} runs its notebook in one process; to train one arm on {os.environ['WORLD_SIZE']} processes add --set mixer=NAME")
-        check_experiment(entry, check_params(root/'nbs'/entry['notebook'], {**cfg, **sets}), f'{config} and --set' if sets else config)
+        check_params(root/'nbs'/entry['notebook'], {**cfg, **sets}, entry=entry, source=f'{config} and --set' if sets else config)
         return reproduce('full', [name], root=root, overrides=sets)[name]
-    check_params(root/'nbs'/entry['notebook'], cfg)      # the file: the notebook's parameters; --set: the task's settings
+    check_params(root/'nbs'/entry['notebook'], cfg, source=config)      # the file: the notebook's parameters; --set: the task's settings
     ps = task_parameters(task)
+    if 'device' not in ps: _use_device(sets.pop('device', cfg.get('device', 'auto')))   # the notebook's setting, honoured here too
     arm = entry.get('arm', '{mixer}').format(**({k: p.default for k, p in ps.items()} | cfg | sets))   # the task's defaults fill the rest
     own = resolve_paths({k: v for k, v in cfg.items() if k in ps}, root/'nbs') | dict(out_dir=str(run_dir(name, 'full', root/'runs')/arm))
     return train(task, own | sets, source=f'{config} and --set')
 
 # %% ../nbs/04_cli.ipynb #b7b7dd3a
 def _sets(pairs) -> dict:
-    "Parse ['k=v', ...] into a dict, each value read as YAML"
+    "Parse ['k=v', ...] into a dict, each value read as YAML, and a number YAML 1.1 reads as text (1e4) as Python reads it"
     out = {}
     for p in pairs or []:
         if '=' not in p: raise ValueError(f"--set expects key=value, got {p!r}")
-        k, v = p.split('=', 1); out[k.strip()] = yaml.safe_load(v)
+        k, v = p.split('=', 1); out[k.strip()] = _number(yaml.safe_load(v))
     return out
+
+def _number(v):
+    "int or float of string `v` when Python reads it as a finite number (YAML 1.1 needs a dot in 1.0e4: '1e4' stays text), else `v`"
+    if not isinstance(v, str): return v
+    for t in (int, float):
+        try: x = t(v)
+        except ValueError: continue
+        return x if math.isfinite(x) else v
+    return v
 
 # %% ../nbs/04_cli.ipynb #5e80f9d0
 def _parser():
@@ -487,11 +559,11 @@ def main(argv=None):
     "Entry point of the `ea-nb` console script: a user error is one line on stderr and exit status 2 (`--debug`: the traceback)"
     argv = sys.argv[1:] if argv is None else list(argv)
     try: return _main(argv)
-    except USER_ERRORS as e:
+    except (*USER_ERRORS, RunError) as e:   # RunError: a run that could not start or go on (exit status 1)
         if '--debug' in argv: raise
         cmd = next((w for w in argv if not w.startswith('-')), '')
         print(f"ea-nb {cmd}: error: {e}".replace('  ', ' '), file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(1 if isinstance(e, RunError) else 2) from None
 
 def _main(argv):
     a, rest = _parser().parse_known_args(argv)

@@ -6,11 +6,12 @@ Docs: https://ea-nb.github.io/ea-nb/core.html.md"""
 
 # %% auto #0
 __all__ = ['MIN_SEEDS', 'CONFIDENCE', 'EXACT_MAX', 'N_FLIPS', 'MATCH_MARGIN', 'MATCH_MARGIN_REL', 'CLAIMS', 'atomic_write',
-           'save_json', 'load_json', 'write_metrics', 'torch_save_atomic', 'seed_everything', 'default_device',
-           'count_params', 'check_sizes', 'check_fold', 'paired_diff', 'verdict', 'loglog_slope', 'load_resnet_weights']
+           'json_text', 'save_json', 'load_json', 'write_metrics', 'torch_save_atomic', 'seed_everything',
+           'default_device', 'RunError', 'check_device', 'count_params', 'check_sizes', 'check_fold', 'paired_diff',
+           'verdict', 'loglog_slope', 'load_resnet_weights']
 
 # %% ../nbs/00a_core.ipynb #1b72715c
-import json, os, random, tempfile
+import json, math, os, random, tempfile
 from pathlib import Path
 import numpy as np
 import torch
@@ -33,9 +34,23 @@ def atomic_write(path, data:str|bytes) -> Path:
     return path
 
 # %% ../nbs/00a_core.ipynb #16366138
+def json_text(obj, path='') -> str:
+    "`obj` as indented JSON; a NaN or infinity is refused (JSON has no such numbers), naming its key and the file `path`"
+    try: return json.dumps(obj, indent=2, default=_json_default, allow_nan=False) + '\n'
+    except ValueError:
+        bad = [k for k, v in _leaves(json.loads(json.dumps(obj, default=_json_default))).items() if not math.isfinite(v)]
+        raise ValueError(f"{path} was not written: {', '.join(bad) or 'a value'} is not a finite number (NaN or inf), which "
+                         f"JSON cannot hold; a diverged run or an undefined metric: fix the run (lower lr, enable clip_grad) instead") from None
+
 def save_json(obj, path) -> Path:
-    "Atomically write `obj` as indented JSON"
-    return atomic_write(path, json.dumps(obj, indent=2, default=_json_default) + '\n')
+    "Atomically write `obj` as indented JSON (`json_text`: no NaN)"
+    return atomic_write(path, json_text(obj, path))
+
+def _leaves(d, key:str='') -> dict:
+    "Every float of a JSON-like `d` as {'a.b[2]': value}"
+    if isinstance(d, dict): return {k: v for kk, vv in d.items() for k, v in _leaves(vv, f'{key}.{kk}' if key else str(kk)).items()}
+    if isinstance(d, (list, tuple)): return {k: v for i, vv in enumerate(d) for k, v in _leaves(vv, f'{key}[{i}]').items()}
+    return {key: d} if isinstance(d, float) else {}
 
 # %% ../nbs/00a_core.ipynb #e30e8f5d
 def _json_default(o):
@@ -75,6 +90,21 @@ def seed_everything(seed:int=0):
 def default_device() -> torch.device:
     "CUDA when present, else the CPU"
     return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+
+# %% ../nbs/00a_core.ipynb #5349e6d3
+class RunError(RuntimeError):
+    "A run that cannot start or go on (diverged, out_dir taken or not writable, disk full): its message is one line saying what to do"
+    def _render_traceback_(self): return [f'{type(self).__name__}: {self}']   # IPython and papermill show this line, not a traceback
+
+def check_device(device) -> torch.device:
+    "`torch.device(device)`, or a RunError in one line when that device is not on this machine"
+    try: d = torch.device(device)
+    except (RuntimeError, TypeError): raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}") from None
+    n = torch.cuda.device_count() if d.type == 'cuda' else 0
+    if d.type == 'cuda' and (n == 0 or (d.index or 0) >= n):
+        raise RunError(f"device={device!r} was asked for but this machine has {n or 'no'} CUDA device{'s' * (n != 1)} "
+                       f"(torch.cuda.is_available() is {torch.cuda.is_available()}); set device=cpu, or run on a machine with a GPU")
+    return d
 
 # %% ../nbs/00a_core.ipynb #3890a11a
 def count_params(module:nn.Module, unique:bool=True, trainable_only:bool=False) -> int:
@@ -163,13 +193,24 @@ def loglog_slope(N, y, confidence:float=CONFIDENCE) -> dict:
     return dict(n=len(N), mean=float(f.slope), sd=float(f.stderr), ci=[f.slope - half, f.slope + half], confidence=confidence)
 
 # %% ../nbs/00a_core.ipynb #afe8bb71
+def _load_weights_file(path:Path):
+    "`torch.load(path, weights_only=True)`; a truncated file or one holding pickled objects is a ValueError naming `path`"
+    import pickle
+    try: return torch.load(path, map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError:   # weights_only refused a pickled object: nothing in the file was run
+        raise ValueError(f"{path} holds pickled Python objects besides tensors and was not loaded (nothing in it ran); "
+                         f"use a plain state dict file, e.g. torchvision's resnet50-0676ba61.pth, or one saved by torch.save(model.state_dict(), path)") from None
+    except (RuntimeError, OSError, EOFError, ValueError) as e:
+        raise ValueError(f"{path} is truncated or not a torch weights file ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
+                         f"copy the file again (compare its size with the original)") from None
+
 def load_resnet_weights(net:nn.Module, path) -> nn.Module:
     "Load a local torchvision ResNet state dict file into `net`, ignoring its `fc.*`; any other mismatch is an error"
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"backbone weights {path} do not exist: nothing is downloaded here; copy torchvision's ImageNet "
                                 f"state dict there (e.g. resnet50-0676ba61.pth), or pass None to start from random weights")
-    sd = torch.load(path, map_location='cpu', weights_only=True)
+    sd = _load_weights_file(path)
     if not isinstance(sd, dict): raise ValueError(f"{path} holds a {type(sd).__name__}, not a state dict")
     sd = sd.get('state_dict', sd.get('model', sd))
     sd = {k.removeprefix('module.'): v for k, v in sd.items() if not k.removeprefix('module.').startswith('fc.')}

@@ -300,8 +300,8 @@ def evaluate_official(path,                   # an official checkpoint file
     "Load an official checkpoint and measure it: EAMLP top-1/top-5 (%) on ImageNet, EANet mIoU on VOC"
     from torch.utils.data import DataLoader, Subset
     from ea_nb.data import build
-    from ea_nb.core import default_device
-    device = torch.device(device) if device else default_device()
+    from ea_nb.core import default_device, check_device
+    device = check_device(device) if device else default_device()   # a device that is not here: one line, before the model loads
     model = load_official(path, kind=kind, use_ema=use_ema).to(device)
     if isinstance(model, EAMLP):
         ds = build('imagenet', split, root, img_size=model.img_size, transform=eamlp_eval_transform(model.img_size, crop_pct))

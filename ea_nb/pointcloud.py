@@ -411,7 +411,7 @@ def build_pointcloud(run:RunConfig,     # the engine's settings
         net = PCTSeg(50, len(parts), mixer, S, embed_dim, fuse_dim=fuse_dim, head_dims=tuple(head_dims), drop=drop)
         task = PartSegTask(parts, label_smoothing)
     else:
-        nc = getattr(tds, 'num_classes', None) or len(tds.classes)
+        nc = len(tds.classes) if getattr(tds, 'classes', None) is not None else tds.num_classes   # the class list: PyG's num_classes is the highest label + 1
         net = PCT(nc, mixer, S, embed_dim, tuple(dims), tuple(n_samples), k, fuse_dim=fuse_dim, head_dims=tuple(head_dims), drop=drop)
         task = PointCloudClassificationTask(nc, label_smoothing)
     lr, wd = run.lr, run.weight_decay
