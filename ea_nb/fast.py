@@ -285,7 +285,8 @@ class LeanMultiHeadExternalAttention(nn.Module):
     def _proj_args(self):  # the projection's (weight, bias): the query linear's transpose when tied
         if self.proj_bias is None: return linear_args(self.proj)
         w = self.trans_dims.weight                                   # a method of a quantised Linear
-        return (w().dequantize() if callable(w) else w).t(), self.proj_bias
+        if callable(w) and not isinstance(w, (torch.Tensor, torch.fx.Proxy)): w = w().dequantize()   # torch.fx: a Proxy
+        return w.t(), self.proj_bias
 
     def forward(self, x, attn_mask:Optional[torch.Tensor]=None, is_causal:bool=False):  # x: (B, N, C)
         if attn_mask is not None or is_causal: raise ValueError("external attention cannot apply a token mask: pass attn_mask=None, is_causal=False")
@@ -298,7 +299,10 @@ class LeanMultiHeadExternalAttention(nn.Module):
         q = self.trans_dims(x).unflatten(-1, (self.num_heads, -1))                     # (B, N, H, d)
         a = double_norm(self.linear_0(q), token_dim=1, memory_dim=3, eps=self.eps)     # (B, N, H, S): over N, then S
         o = self.linear_1(F.dropout(a, self.attn_drop, self.training)).flatten(2)      # (B, N, H·d)
-        return self.proj_drop(self.proj(o) if self.proj_bias is None else F.linear(o, *self._proj_args()))
+        if self.proj_bias is None: o = self.proj(o)
+        elif torch.jit.is_scripting(): o = F.linear(o, self.trans_dims.weight.t(), self.proj_bias)   # TorchScript: float layers
+        else: o = F.linear(o, *self._proj_args())
+        return self.proj_drop(o)
 
     def fast_path_reason(self, x=None) -> str:
         "'' when `forward(x)` takes the fused kernel; otherwise why not"
