@@ -9,7 +9,7 @@ The ViT family's variants of the checks apply (timm's NON_STD_FILTERS: tokens ou
 One deliberate difference: timm asserts at least 3 feature levels, true of every model in its zoo; eamlp_tiny has
 2 blocks, so it has 2 levels, and the assertion here is min(3, depth).
 """
-import math
+import copy, math
 from contextlib import nullcontext
 import pytest, torch
 import fastcore.test as ft
@@ -25,11 +25,16 @@ NAMES = ['eamlp_7', 'eamlp_14', 'eamlp_19', 'eamlp_tiny']
 SMALL = 32          # input side where timm's suite uses a reduced size: a 2×2 patch grid for the 224 models
 BATCH = 2
 
+_BUILT = {}
+
 def create(name, **kwargs):
-    "The model at the reduced size (the 224 models) or its own (eamlp_tiny), seeded"
-    torch.manual_seed(0)
+    "The model at the reduced size (the 224 models) or its own (eamlp_tiny), seeded; built once, a fresh copy each call"
     if name != 'eamlp_tiny': kwargs.setdefault('img_size', SMALL)
-    return timm.create_model(name, pretrained=False, **kwargs)
+    key = (name, repr(sorted(kwargs.items())))
+    if key not in _BUILT:
+        torch.manual_seed(0)
+        _BUILT[key] = timm.create_model(name, pretrained=False, **kwargs)
+    return copy.deepcopy(_BUILT[key])
 
 def input_size(m):
     "timm's _get_input_size for a fixed-size model: the size in its pretrained_cfg (here: the size it was built for)"
