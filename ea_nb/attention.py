@@ -12,6 +12,7 @@ __all__ = ['self_attention_ref', 'external_attention_ref', 'param_dtype', 'check
 
 # %% ../nbs/00_attention.ipynb #4d7d3f82
 import math
+from typing import Optional
 import torch, torch.nn as nn, torch.nn.functional as F
 from .fast import (double_norm, why_not_fused, linear_args, mhea_weights, fold_memories_, LINEAR_OR_IDENTITY,
                         multihead_external_attention, external_attention2d)
@@ -44,6 +45,7 @@ def param_dtype(m:nn.Module):
 def check_input(x, layout:str, channels:int,
                 dtype:torch.dtype|None=None):   # the module's parameter dtype (`param_dtype`): x must match it outside autocast
     "Raise unless `x` is a `layout` ('BNC' or 'BCHW') tensor with `channels` channels and at least one token"
+    if torch.fx._symbolic_trace.is_fx_symbolic_tracing(): return x    # torch.fx: a Proxy, no shape to check
     if not isinstance(x, torch.Tensor): raise TypeError(f"expected a torch.Tensor {_LAYOUTS[layout]}, got {type(x).__name__}")
     want, shape = f"{_LAYOUTS[layout]} with C={channels}", tuple(x.shape)
     if not x.is_floating_point(): raise TypeError(f"expected a floating-point {_LAYOUTS[layout]}, got dtype {x.dtype}: convert it, e.g. x.float()")
@@ -252,10 +254,13 @@ class MultiHeadExternalAttention(nn.Module):
         self.proj = nn.Linear(coef * dim, dim, bias=proj_bias, **dd)
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def forward(self, x, attn_mask=None, is_causal=False):  # x: (B, N, C)
-        _no_mask(type(self).__name__, attn_mask, is_causal)
-        check_input(x, 'BNC', self.dim, param_dtype(self))
-        if not self.fast_path_reason(x): return self.proj_drop(self._fused(x))   # the same function, fused (05_fast)
+    def forward(self, x, attn_mask:Optional[torch.Tensor]=None, is_causal:bool=False):  # x: (B, N, C)
+        if torch.jit.is_scripting():  # TorchScript compiles the computation below, not the eager checks and kernel choice
+            if attn_mask is not None or is_causal: raise ValueError("external attention cannot apply a mask: pass attn_mask=None, is_causal=False")
+        else:
+            _no_mask(type(self).__name__, attn_mask, is_causal)
+            check_input(x, 'BNC', self.dim, param_dtype(self))
+            if not self.fast_path_reason(x): return self.proj_drop(self._fused(x))   # the same function, fused (05_fast)
         q = self.trans_dims(x).unflatten(-1, (self.num_heads, -1))                  # heads, no permute  (B, N, H, d)
         a = self.linear_0(q)                                                        # α̃ = Q M_kᵀ + b_k  (B, N, H, S)
         a = self.attn_drop(double_norm(a, token_dim=1, memory_dim=3, eps=self.eps)) # α: over N, then over S
@@ -292,9 +297,10 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(dim, dim, bias=proj_bias, **dd)
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def forward(self, x, attn_mask=None, is_causal=False):  # x: (B, N, C)
-        B, N, C = check_input(x, 'BNC', self.dim).shape
-        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)   # 3 × (B, h, N, d)
+    def forward(self, x, attn_mask:Optional[torch.Tensor]=None, is_causal:bool=False):  # x: (B, N, C)
+        if not torch.jit.is_scripting(): check_input(x, 'BNC', self.dim)   # eager only: TorchScript compiles the rest
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)   # 3 × (B, h, N, d)
         x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal,
                                            dropout_p=self.attn_drop if self.training else 0.)
         return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, C)))

@@ -7,11 +7,12 @@ Docs: https://ea-nb.github.io/ea-nb/eamlp.html.md"""
 # %% auto #0
 __all__ = ['T2T_SPLITS', 'EAMLP_CONFIGS', 'default_cfgs', 'train_eamlp', 'T2TExternalAttention', 'T2TSelfAttention', 'T2TLayer',
            't2t_grid', 'TokensToToken', 'token_mixer', 'Block', 'sinusoid_table', 'EAMLP', 'eamlp_7', 'eamlp_14',
-           'eamlp_19', 'eamlp_tiny', 'ea_attention', 'patch_maps', 'plot_attention', 'MixupClassificationTask',
-           'build_eamlp']
+           'eamlp_19', 'eamlp_tiny', 'official_param_count', 'ea_attention', 'patch_maps', 'plot_attention',
+           'MixupClassificationTask', 'build_eamlp']
 
 # %% ../nbs/10_eamlp.ipynb #38995d87
 import math, warnings
+from typing import List, Optional, Union
 import torch, torch.nn as nn, torch.nn.functional as F
 
 # %% ../nbs/10_eamlp.ipynb #036684e0
@@ -19,8 +20,11 @@ from fastcore.basics import patch
 from timm.layers import Mlp, DropPath, trunc_normal_
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import register_model, build_model_with_cfg, resolve_pretrained_cfg
+from timm.models._features import feature_take_indices, FeatureGetterNet
+from timm.models._builder import pretrained_cfg_for_features
 from .attention import MultiHeadExternalAttention, SelfAttention, double_norm, check_input
 from .fast import LeanMultiHeadExternalAttention
+from .core import count_params
 
 # %% ../nbs/10_eamlp.ipynb #c41ca9ff
 class T2TExternalAttention(nn.Module):
@@ -52,7 +56,8 @@ class T2TExternalAttention(nn.Module):
         return self
 
     def forward(self, x):  # x: (B, N, dim)
-        v = self.q_linear(check_input(x, 'BNC', self.dim))                      # (B, N, in_dim), also the skip
+        if not torch.jit.is_scripting(): check_input(x, 'BNC', self.dim)       # eager only: TorchScript compiles the rest
+        v = self.q_linear(x)                                                    # (B, N, in_dim), also the skip
         a = double_norm(self.linear_0(v), token_dim=1, memory_dim=2, eps=self.eps)  # (B, N, S)
         return v + self.proj_drop(self.proj(self.linear_1(self.attn_drop(a))))
 
@@ -72,7 +77,8 @@ class T2TSelfAttention(nn.Module):
         self.proj, self.proj_drop = nn.Linear(in_dim, in_dim), nn.Dropout(proj_drop)
 
     def forward(self, x):  # x: (B, N, dim)
-        q, k, v = self.qkv(check_input(x, 'BNC', self.dim)).chunk(3, dim=-1)        # 3 × (B, N, in_dim)
+        if not torch.jit.is_scripting(): check_input(x, 'BNC', self.dim)           # eager only: TorchScript compiles the rest
+        q, k, v = self.qkv(x).chunk(3, dim=-1)                                      # 3 × (B, N, in_dim)
         o = F.scaled_dot_product_attention(q, k, v, scale=self.scale, dropout_p=self.attn_drop if self.training else 0.)
         return v + self.proj_drop(self.proj(o))
 
@@ -230,14 +236,17 @@ class EAMLP(nn.Module):
         tie_memories:bool=False,   # T2T EA: M_v shares storage with M_kᵀ (official: True, by accident)
         drop_rate:float=0.,        # dropout after the position table, the mixers and in the MLPs
         attn_drop_rate:float=0.,   # dropout on the backbone attention maps
-        drop_path_rate:float=0.):  # stochastic depth, rising linearly to this over the blocks
+        drop_path_rate:float=0.,   # stochastic depth, rising linearly to this over the blocks
+        global_pool:str='token'):  # what the head reads: 'token' (the cls token, official) or '' (every token)
         super().__init__()
         self.img_size, self.in_chans, self.mixer = img_size, in_chans, _check_mixer(mixer)
-        self.num_classes, self.num_features = num_classes, embed_dim
+        self.num_classes, self.global_pool = num_classes, _check_pool(global_pool)
+        self.num_features = self.head_hidden_size = self.embed_dim = embed_dim          # timm: token width, width the head reads
+        self.num_prefix_tokens = 1                                                       # the cls token
         self.tokens_to_token = TokensToToken(img_size, in_chans, embed_dim, token_dim, mixer, t2t_S, t2t_splits, t2t_drop, tie_memories)
         self.grid = self.tokens_to_token.grid[-1]                                        # patch grid side
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        self.pos_embed = nn.Parameter(sinusoid_table(self.grid ** 2 + 1, embed_dim), requires_grad=False)
+        self.register_buffer('pos_embed', sinusoid_table(self.grid ** 2 + 1, embed_dim))  # fixed, saved as the official key
         self.pos_drop = nn.Dropout(drop_rate)
         dpr = torch.linspace(0, drop_path_rate, depth, device='cpu').tolist()           # stochastic depth decay rule
         self.blocks = nn.ModuleList([Block(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate, dpr[i], mixer, coef, S,
@@ -245,6 +254,8 @@ class EAMLP(nn.Module):
                                      for i in range(depth)])
         self.norm = nn.LayerNorm(embed_dim)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        stride = img_size // self.grid                                                   # pixels per patch side
+        self.feature_info = [dict(num_chs=embed_dim, reduction=stride, module=f'blocks.{i}') for i in range(depth)]
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -255,6 +266,10 @@ class EAMLP(nn.Module):
             if isinstance(m, T2TExternalAttention): m.init_memories()
 
 # %% ../nbs/10_eamlp.ipynb #e4074d4f
+def _check_pool(global_pool):
+    if global_pool not in ('token', ''): raise ValueError(f"global_pool must be 'token' (the cls token) or '' (no pooling: every token), got {global_pool!r}")
+    return global_pool
+
 def _init_weights(m):
     if isinstance(m, nn.Linear):
         trunc_normal_(m.weight, std=.02)
@@ -264,6 +279,7 @@ def _init_weights(m):
 # %% ../nbs/10_eamlp.ipynb #85458af3
 @patch
 def _check_image(self:EAMLP, x):
+    if torch.fx._symbolic_trace.is_fx_symbolic_tracing(): return x       # a Proxy: nothing to check
     want = f"(B, {self.in_chans}, {self.img_size}, {self.img_size}) images"
     if not isinstance(x, torch.Tensor) or x.ndim != 4:
         raise ValueError(f"expected {want}, got {tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
@@ -274,19 +290,29 @@ def _check_image(self:EAMLP, x):
 
 # %% ../nbs/10_eamlp.ipynb #7a2d9c39
 @patch
+def _pos_embed(self:EAMLP, x):  # (B, N-1, d) patch tokens -> (B, N, d): cls token first, the fixed table added
+    x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1) + self.pos_embed
+    return self.pos_drop(x)
+
+@patch
 def forward_features(self:EAMLP, x):
     "Tokens after the final LayerNorm: (B, 1 + patches, d), cls first"
-    x = self.tokens_to_token(self._check_image(x))                                     # (B, N-1, d)
-    x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1) + self.pos_embed
-    x = self.pos_drop(x)
+    if not torch.jit.is_scripting(): x = self._check_image(x)                          # eager only (see above)
+    x = self._pos_embed(self.tokens_to_token(x))                                       # (B, N, d)
     for blk in self.blocks: x = blk(x)
     return self.norm(x)                                                                # (B, N, d)
 
 # %% ../nbs/10_eamlp.ipynb #531421f7
 @patch
+def forward_head(self:EAMLP, x, pre_logits:bool=False):
+    "Logits from `forward_features`' tokens (B, num_classes); `pre_logits`: what the classifier reads, (B, d)"
+    if self.global_pool == 'token': x = x[:, 0]                                         # the cls token
+    return x if pre_logits else self.head(x)
+
+@patch
 def forward(self:EAMLP, x):
     "Logits from the cls token: (B, num_classes)"
-    return self.head(self.forward_features(x)[:, 0])
+    return self.forward_head(self.forward_features(x))
 
 # %% ../nbs/10_eamlp.ipynb #7c91dc8a
 @patch
@@ -294,9 +320,45 @@ def no_weight_decay(self:EAMLP): return {'cls_token', 'pos_embed'}
 @patch
 def get_classifier(self:EAMLP): return self.head
 @patch
-def reset_classifier(self:EAMLP, num_classes:int, global_pool=None):
+def reset_classifier(self:EAMLP, num_classes:int, global_pool:str|None=None):
     self.num_classes = num_classes
+    if global_pool is not None: self.global_pool = _check_pool(global_pool)
     self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+# %% ../nbs/10_eamlp.ipynb #c30a0003
+@patch
+def forward_intermediates(self:EAMLP, x,
+        indices:Optional[Union[int, List[int]]]=None,  # last n blocks (int), these blocks (list), or all (None)
+        return_prefix_tokens:bool=False,    # pair each intermediate with its cls token
+        norm:bool=False,                    # apply the final LayerNorm to the intermediates
+        stop_early:bool=False,              # stop after the last block asked for
+        output_fmt:str='NCHW',              # 'NCHW': (B, d, grid, grid) maps; 'NLC': (B, grid², d) tokens
+        intermediates_only:bool=False):     # return the intermediates only
+    "timm's feature API: (final tokens (B, N, d), [block outputs]), or the list alone with `intermediates_only`"
+    if output_fmt not in ('NCHW', 'NLC'): raise ValueError(f"output_fmt must be 'NCHW' (maps) or 'NLC' (tokens), got '{output_fmt}'")
+    take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+    if not torch.jit.is_scripting(): x = self._check_image(x)
+    B = x.shape[0]
+    x = self._pos_embed(self.tokens_to_token(x))                                       # (B, N, d)
+    blocks = self.blocks if torch.jit.is_scripting() or not stop_early else self.blocks[:max_index + 1]
+    intermediates = []
+    for i, blk in enumerate(blocks):
+        x = blk(x)
+        if i in take_indices: intermediates.append(self.norm(x) if norm else x)
+    prefix = [y[:, :self.num_prefix_tokens] for y in intermediates]                    # (B, 1, d) each
+    intermediates = [y[:, self.num_prefix_tokens:] for y in intermediates]             # (B, grid², d) each
+    if output_fmt == 'NCHW': intermediates = [y.reshape(B, self.grid, self.grid, -1).permute(0, 3, 1, 2).contiguous() for y in intermediates]
+    if not torch.jit.is_scripting() and return_prefix_tokens: intermediates = list(zip(intermediates, prefix))
+    return intermediates if intermediates_only else (self.norm(x), intermediates)
+
+@patch
+def prune_intermediate_layers(self:EAMLP, indices:Union[int, List[int]]=1, prune_norm:bool=False, prune_head:bool=True):
+    "Keep the blocks up to the last of `indices`; drop the final norm (`prune_norm`) and the head (`prune_head`); returns the indices"
+    take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+    self.blocks = self.blocks[:max_index + 1]
+    if prune_norm: self.norm = nn.Identity()
+    if prune_head: self.reset_classifier(0, '')
+    return take_indices
 
 # %% ../nbs/10_eamlp.ipynb #c962a19e
 EAMLP_CONFIGS = dict(
@@ -318,8 +380,13 @@ def _create(name, pretrained=False, **kwargs):
         raise ValueError(f"{name}: no weights can be downloaded; build with pretrained=False and load a local checkpoint "
                          f"(model.load_state_dict(torch.load(path, map_location='cpu'))), or a folder save_for_hf wrote: "
                          f"timm.create_model('local-dir:<folder>', pretrained=True)")
-    m = build_model_with_cfg(_build, name, pretrained, **{**EAMLP_CONFIGS[name], **kwargs})
-    m.pretrained_cfg = m.default_cfg = {**m.pretrained_cfg, 'input_size': (m.in_chans, m.img_size, m.img_size)}  # as built
+    kwargs = {**EAMLP_CONFIGS[name], **kwargs}
+    out_indices = kwargs.pop('out_indices', min(3, kwargs.get('depth', 7)))   # features_only: the last 3 blocks, as timm's ViT
+    m = build_model_with_cfg(_build, name, pretrained, feature_cfg=dict(out_indices=out_indices, feature_cls='getter'), **kwargs)
+    net = m.model if isinstance(m, FeatureGetterNet) else m
+    if isinstance(net, EAMLP):
+        net.pretrained_cfg = net.default_cfg = {**net.pretrained_cfg, 'input_size': (net.in_chans, net.img_size, net.img_size)}  # as built
+        if net is not m: m.pretrained_cfg = m.default_cfg = pretrained_cfg_for_features(net.pretrained_cfg)
     return m
 
 # %% ../nbs/10_eamlp.ipynb #f3b1a2c1
@@ -366,6 +433,11 @@ def eamlp_19(pretrained=False, **kwargs):
 def eamlp_tiny(pretrained=False, **kwargs):
     "A CPU-sized EAMLP for 32×32 images: 8×8 patches, d 64, 2 blocks"
     return _create('eamlp_tiny', pretrained, **kwargs)
+
+# %% ../nbs/10_eamlp.ipynb #c30a0008
+def official_param_count(m:EAMLP) -> int:
+    "Parameters as the official code counts them: every parameter (a tied one per use) plus the fixed position table"
+    return count_params(m, unique=False) + m.pos_embed.numel()
 
 # %% ../nbs/10_eamlp.ipynb #61585a1f
 def ea_attention(model:EAMLP,    # an EAMLP with mixer='ea'

@@ -12,6 +12,7 @@ __all__ = ['LINEAR_OR_IDENTITY', 'double_norm_op', 'double_norm_backward_op', 'd
 
 # %% ../nbs/05_fast.ipynb #87339071
 import math
+from typing import Optional
 import torch, torch.nn as nn, torch.nn.functional as F
 from .core import check_sizes, check_fold
 
@@ -284,18 +285,24 @@ class LeanMultiHeadExternalAttention(nn.Module):
     def _proj_args(self):  # the projection's (weight, bias): the query linear's transpose when tied
         if self.proj_bias is None: return linear_args(self.proj)
         w = self.trans_dims.weight                                   # a method of a quantised Linear
-        return (w().dequantize() if callable(w) else w).t(), self.proj_bias
+        if callable(w) and not isinstance(w, (torch.Tensor, torch.fx.Proxy)): w = w().dequantize()   # torch.fx: a Proxy
+        return w.t(), self.proj_bias
 
-    def forward(self, x, attn_mask=None, is_causal=False):  # x: (B, N, C)
+    def forward(self, x, attn_mask:Optional[torch.Tensor]=None, is_causal:bool=False):  # x: (B, N, C)
         if attn_mask is not None or is_causal: raise ValueError("external attention cannot apply a token mask: pass attn_mask=None, is_causal=False")
-        if x.ndim != 3 or x.shape[-1] != self.dim: raise ValueError(f"expected (B, N, C) tokens with C={self.dim}, got shape {tuple(x.shape)}")
-        if not self.fast_path_reason(x):
-            w = (*mhea_weights(self)[:6], *self._proj_args())
-            return self.proj_drop(multihead_external_attention(x, *w, self.num_heads, self.eps, self.attn_drop, self.training, self.fold))
+        if not torch.jit.is_scripting():  # eager only: the input check (a torch.fx Proxy has no shape) and the kernel choice
+            if not torch.fx._symbolic_trace.is_fx_symbolic_tracing() and (x.ndim != 3 or x.shape[-1] != self.dim):
+                raise ValueError(f"expected (B, N, C) tokens with C={self.dim}, got shape {tuple(x.shape)}")
+            if not self.fast_path_reason(x):
+                w = (*mhea_weights(self)[:6], *self._proj_args())
+                return self.proj_drop(multihead_external_attention(x, *w, self.num_heads, self.eps, self.attn_drop, self.training, self.fold))
         q = self.trans_dims(x).unflatten(-1, (self.num_heads, -1))                     # (B, N, H, d)
         a = double_norm(self.linear_0(q), token_dim=1, memory_dim=3, eps=self.eps)     # (B, N, H, S): over N, then S
         o = self.linear_1(F.dropout(a, self.attn_drop, self.training)).flatten(2)      # (B, N, H·d)
-        return self.proj_drop(self.proj(o) if self.proj_bias is None else F.linear(o, *self._proj_args()))
+        if self.proj_bias is None: o = self.proj(o)
+        elif torch.jit.is_scripting(): o = F.linear(o, self.trans_dims.weight.t(), self.proj_bias)   # TorchScript: float layers
+        else: o = F.linear(o, *self._proj_args())
+        return self.proj_drop(o)
 
     def fast_path_reason(self, x=None) -> str:
         "'' when `forward(x)` takes the fused kernel; otherwise why not"
