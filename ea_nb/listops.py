@@ -293,9 +293,16 @@ def predict(model:nn.Module, ds:ListOps, bs:int=64, device='cpu') -> np.ndarray:
         pred[idx] = model(ids.to(device)).argmax(-1).cpu().numpy()
     return pred
 
-# %% ../nbs/24_listops.ipynb #0f018da4
+# %% ../nbs/24_listops.ipynb #ca37a1de
+def _cuda_peak_mb(step, device) -> float:
+    "Peak CUDA MB allocated above the start during `step()`; NaN off CUDA"
+    if torch.device(device).type != 'cuda': return float('nan')
+    torch.cuda.synchronize(device); torch.cuda.reset_peak_memory_stats(device); start = torch.cuda.memory_allocated(device)
+    step(); torch.cuda.synchronize(device)
+    return (torch.cuda.max_memory_allocated(device) - start)/2**20
+
 def step_costs(models:dict, lengths, bs:int=1, repeats:int=3, seed:int=0, device='cpu') -> pd.DataFrame:
-    "One row per (mixer, length): forward+backward seconds (median) and activation MB saved for the backward"
+    "One row per (mixer, length): forward+backward ms (median), activation MB saved for the backward, peak CUDA MB (NaN on CPU)"
     rows, g = [], torch.Generator().manual_seed(seed)
     for L in lengths:
         ids = torch.randint(1, len(VOCAB), (bs, L), generator=g).to(device)
@@ -304,6 +311,6 @@ def step_costs(models:dict, lengths, bs:int=1, repeats:int=3, seed:int=0, device
         t = time_interleaved(steps, repeats=repeats, warmup=1, device=device, seed=seed)
         for k, m in models.items():
             mb = saved_bytes(lambda: F.cross_entropy(m(ids), y), params=tuple(m.parameters()))/2**20
-            rows.append(dict(mixer=k, length=L, ms=1e3*t[k], saved_MB=mb))
+            rows.append(dict(mixer=k, length=L, ms=1e3*t[k], saved_MB=mb, peak_MB=_cuda_peak_mb(steps[k], ids.device)))
         for m in models.values(): m.zero_grad(set_to_none=True)
     return pd.DataFrame(rows)
