@@ -18,7 +18,7 @@ import numpy as np, pandas as pd, torch, torch.nn as nn, torch.nn.functional as 
 from .attention import MultiHeadExternalAttention, SelfAttention, multihead_external_attention_ref
 from .bench import saved_bytes, time_interleaved
 
-# %% ../nbs/24_listops.ipynb #6d5d7626
+# %% ../nbs/24_listops.ipynb #c37ab718
 OPERATORS = ('[MAX', '[MIN', '[MED', '[SM')   # LRA's four (its FIRST and LAST are commented out)
 END = ']'
 DIGITS = tuple(str(d) for d in range(10))
@@ -29,7 +29,7 @@ NUM_CLASSES = 10                              # the value: a digit
 OP_P = 0.25                                   # P(operator) below max_depth (LRA: a digit when random() > VALUE_P = 0.25)
 LRA_LIMITS = dict(min_len=500, max_len=2000, max_depth=10, max_args=10)   # LRA's listops.py defaults
 
-# %% ../nbs/24_listops.ipynb #409f7fce
+# %% ../nbs/24_listops.ipynb #383017d1
 def apply_op(op:str, args:list) -> int:
     "The generator's value of `op` on its argument values"
     if op == '[MAX': return max(args)
@@ -52,7 +52,7 @@ def _tree(rng:random.Random, depth:int, max_depth:int, max_args:int, max_len:int
     if len(out) >= max_len: raise _TooLong
     return apply_op(op, args)
 
-# %% ../nbs/24_listops.ipynb #5f6aca3b
+# %% ../nbs/24_listops.ipynb #3684c002
 def generate_expression(rng:random.Random, min_len:int=500, max_len:int=2000, max_depth:int=10, max_args:int=10,
                         max_tries:int=1_000_000) -> tuple:
     "(tokens, value) of one random expression with min_len < len(tokens) < max_len"
@@ -64,7 +64,7 @@ def generate_expression(rng:random.Random, min_len:int=500, max_len:int=2000, ma
     raise ValueError(f"no expression with {min_len} < length < {max_len} in {max_tries} draws at max_depth={max_depth}, "
                      f"max_args={max_args}: widen the length range or raise max_depth")
 
-# %% ../nbs/24_listops.ipynb #14e845f5
+# %% ../nbs/24_listops.ipynb #b643d018
 def listops_splits(n_train:int, n_val:int, n_test:int, seed:int=0, min_len:int=500, max_len:int=2000,
                    max_depth:int=10, max_args:int=10) -> dict:
     "{'train', 'val', 'test'}: lists of (tokens, value), distinct expressions, from one stream seeded by `seed`"
@@ -80,7 +80,7 @@ def listops_splits(n_train:int, n_val:int, n_test:int, seed:int=0, min_len:int=5
         splits[name] = ex
     return {k: splits[k] for k in ('train', 'val', 'test')}
 
-# %% ../nbs/24_listops.ipynb #9d4dab60
+# %% ../nbs/24_listops.ipynb #9124cad5
 _TOKEN_RE = re.compile(r'\[MEDIAN|\[MAX|\[MIN|\[MED|\[SM|\]|\d|\s+')
 
 def tokenize(text:str) -> list:
@@ -109,7 +109,7 @@ def evaluate_listops(tokens) -> int:
     if stack or len(result) != 1: raise ValueError(f"expected one complete expression, got {len(result)} values and {len(stack)} open operators")
     return result[0]
 
-# %% ../nbs/24_listops.ipynb #7a605895
+# %% ../nbs/24_listops.ipynb #c7fe7878
 def encode(tokens) -> torch.Tensor:
     "Token ids (L,) of a token sequence"
     try: return torch.tensor([TOKEN_ID[t] for t in tokens])
@@ -130,7 +130,7 @@ def collate_listops(batch) -> tuple:
     return (nn.utils.rnn.pad_sequence(ids, batch_first=True, padding_value=PAD_ID),
             torch.tensor([len(i) for i in ids]), torch.tensor(y))
 
-# %% ../nbs/24_listops.ipynb #f94032eb
+# %% ../nbs/24_listops.ipynb #89ba438f
 def describe_splits(splits:dict) -> pd.DataFrame:
     "Per split: size, min / median / mean / max length, and each label's share (%)"
     rows = {}
@@ -140,7 +140,7 @@ def describe_splits(splits:dict) -> pd.DataFrame:
                           len_max=int(L.max()), **{f'label_{k} (%)': round(100*float((y == k).mean()), 1) for k in range(NUM_CLASSES)})
     return pd.DataFrame(rows).T
 
-# %% ../nbs/24_listops.ipynb #89b21716
+# %% ../nbs/24_listops.ipynb #3525efbe
 class MaskedSelfAttention(SelfAttention):
     "SDPA self-attention that leaves padded keys out"
     def forward(self, x, mask=None):  # x (B, N, C), mask (B, N) True on real tokens
@@ -156,7 +156,7 @@ class MaskedExternalAttention(MultiHeadExternalAttention):
         a = self.attn_drop(a / (self.eps + a.sum(dim=3, keepdim=True)))             # ℓ1 over S
         return self.proj_drop(self.proj(self.linear_1(a).flatten(2)))              # α M_v + b_v, heads merged, proj
 
-# %% ../nbs/24_listops.ipynb #6b3680c4
+# %% ../nbs/24_listops.ipynb #1bac1203
 def elu1(x): return F.elu(x) + 1
 
 class LinearAttention(nn.Module):
@@ -180,7 +180,7 @@ def linear_attention_ref(q, k, v, mask=None, eps:float=0.):
     if mask is not None: a = a*mask[:, None, None, :]
     return torch.einsum('bhnm,bhme->bhne', a/(a.sum(-1, keepdim=True) + eps), v)
 
-# %% ../nbs/24_listops.ipynb #f2bddcf7
+# %% ../nbs/24_listops.ipynb #438b219d
 def padding_gap(mixer:nn.Module, ref, lengths=(7, 3, 5), dim:int=16, seed:int=0) -> float:
     "Largest |mixer(padded batch, mask) − ref(sample alone)| over the real tokens of each sample (float64)"
     g = torch.Generator().manual_seed(seed)
@@ -209,7 +209,7 @@ def la_ref(m, x):
     q, k, v = m.qkv(x).reshape(B, N, 3, m.num_heads, -1).permute(2, 0, 3, 1, 4)
     return m.proj(linear_attention_ref(q, k, v, eps=m.eps).transpose(1, 2).reshape(B, N, C))
 
-# %% ../nbs/24_listops.ipynb #3cf4eb29
+# %% ../nbs/24_listops.ipynb #877bfb17
 MIXERS = ('sa', 'ea', 'linear', 'none')
 
 def token_mixer(mixer:str, dim:int, num_heads:int, S:int=64, coef:int=4) -> nn.Module | None:
@@ -233,7 +233,7 @@ class Block(nn.Module):
         if self.mixer is not None: x = x + self.mixer(self.norm1(x), mask)
         return x + self.mlp(self.norm2(x))
 
-# %% ../nbs/24_listops.ipynb #4bc056ec
+# %% ../nbs/24_listops.ipynb #8de133b8
 class ListOpsEncoder(nn.Module):
     "Transformer encoder classifier over token ids (B, L), PAD_ID = padding -> logits (B, num_classes)"
     def __init__(self,
@@ -263,7 +263,7 @@ class ListOpsEncoder(nn.Module):
         x = self.norm(x)*mask[..., None]
         return self.head(x.sum(1)/mask.sum(1, keepdim=True))               # masked mean, (B, num_classes)
 
-# %% ../nbs/24_listops.ipynb #25bd6550
+# %% ../nbs/24_listops.ipynb #1a45bcb4
 def train_listops(model:nn.Module, ds:ListOps, iterations:int, bs:int=32, lr:float=1e-3, weight_decay:float=0.1,
                   warmup:int=0, seed:int=0, clip_grad:float=1.0, device='cpu') -> dict:
     "Train `model` for `iterations` steps of `bs` examples; the losses and the seconds"
@@ -293,7 +293,7 @@ def predict(model:nn.Module, ds:ListOps, bs:int=64, device='cpu') -> np.ndarray:
         pred[idx] = model(ids.to(device)).argmax(-1).cpu().numpy()
     return pred
 
-# %% ../nbs/24_listops.ipynb #ca37a1de
+# %% ../nbs/24_listops.ipynb #d9140682
 def _cuda_peak_mb(step, device) -> float:
     "Peak CUDA MB allocated above the start during `step()`; NaN off CUDA"
     if torch.device(device).type != 'cuda': return float('nan')
