@@ -93,7 +93,7 @@ def build_backbone(name:str='resnet101',       # one of `BACKBONES`
     return m
 
 # %% ../nbs/20_eanet.ipynb #540e32d0
-NORMS = ('double', 'softmax_n', 'softmax_s')
+NORMS = ('double', 'softmax_n', 'softmax_s', 'gelu', 'pooled')
 
 class EAContext(ExternalAttention2d):
     "ExternalAttention2d with a choice of normalisation (the paper's ablation) that can keep its attention map"
@@ -111,6 +111,8 @@ class EAContext(ExternalAttention2d):
     def normalize(self, a):  # a: (B, S, N)
         "The chosen normalisation of the (B, S, N) map"
         if self.norm == 'double': return double_norm(a, token_dim=2, memory_dim=1, eps=self.eps)
+        if self.norm == 'gelu': return F.gelu(a)                                  # per pixel: a 1×1-conv FFN
+        if self.norm == 'pooled': return F.gelu(a + a.mean(2, keepdim=True))      # + one pooled vector per sample
         return a.softmax(dim=2 if self.norm == 'softmax_n' else 1)
 
     def forward(self, x):  # x: (B, C, H, W)
@@ -295,7 +297,7 @@ def build_eanet(run:RunConfig,   # the engine's settings
     weights:str|None=None,       # local ImageNet weights of the backbone
     mixer:Literal['ea', 'sa', 'none']='ea', # the head's context module: EA, SA (DANet position attention) or none (FCN)
     S:int=64,                    # EA memory slots
-    norm:Literal['double', 'softmax_n', 'softmax_s']='double', # EA normalisation
+    norm:Literal['double', 'softmax_n', 'softmax_s', 'gelu', 'pooled']='double', # EA normalisation ('gelu', 'pooled': matched controls)
     channels:int=512,            # context width C
     mid_channels:int=256,        # width before the classifier
     widths:list|tuple=(16, 32, 64, 128), # narrow backbone widths

@@ -18,10 +18,10 @@ def far_change(mixer, norm='double', seed=0):
     with torch.no_grad(): return (m(y)[..., ds.far_start:] - m(x)[..., ds.far_start:]).abs().max().item()
 
 @pytest.mark.parametrize('seed', [0, 1])
-@pytest.mark.parametrize('mixer, norm', [('none', 'double'), ('ea', 'softmax_s')])
+@pytest.mark.parametrize('mixer, norm', [('none', 'double'), ('ea', 'softmax_s'), ('ea', 'gelu')])
 def test_no_context_cannot_see_the_marker(mixer, norm, seed):
     assert far_change(mixer, norm, seed) == 0
 
-@pytest.mark.parametrize('mixer', ['sa', 'ea'])
-def test_context_can_see_the_marker(mixer):
-    assert far_change(mixer) > 0
+@pytest.mark.parametrize('mixer, norm', [('sa', 'double'), ('ea', 'double'), ('ea', 'pooled')])
+def test_context_can_see_the_marker(mixer, norm):
+    assert far_change(mixer, norm) > 0
