@@ -7,10 +7,10 @@ Docs: https://ea-nb.github.io/ea-nb/cli.html.md"""
 # %% auto #0
 __all__ = ['SCALES', 'THREAD_PARAMS', 'TIMING_WORDS', 'CHECK_TOL', 'CHECK_RTOL', 'PATH_KEYS', 'USER_ERRORS', 'project_root',
            'load_yaml', 'load_manifest', 'scale_params', 'full_configs', 'demo_project', 'check_params',
-           'check_experiment', 'ParameterError', 'check_notebook', 'run_dir', 'run_experiment', 'reproduce',
-           'is_timing', 'metric_leaves', 'compare_metrics', 'check_reproduction', 'check_report', 'check_failed',
-           'adopt_outputs', 'run_results', 'readme_text', 'resolve_paths', 'experiment_of', 'train_command',
-           'read_config', 'task_help', 'main']
+           'check_experiment', 'ParameterError', 'check_notebook', 'run_dir', 'run_experiment', 'experiments_to_run',
+           'reproduce', 'is_timing', 'metric_leaves', 'compare_metrics', 'check_reproduction', 'check_report',
+           'check_failed', 'adopt_outputs', 'run_results', 'readme_text', 'resolve_paths', 'experiment_of',
+           'train_command', 'read_config', 'task_help', 'main']
 
 # %% ../nbs/04_cli.ipynb #21c763af
 import argparse, importlib, inspect, json, math, os, re, shlex, subprocess, sys, tempfile, time, typing
@@ -51,8 +51,9 @@ def load_manifest(root=None) -> dict:
         r = e.get('rtol', 0.)
         if not isinstance(r, (int, float)) or isinstance(r, bool) or not 0 <= r <= 1:
             raise ValueError(f"{path}: entry {name!r} has rtol={r!r}; rtol (the relative tolerance of `ea-nb reproduce --check`) must be a number in [0, 1]")
-        if not isinstance(e.get('alone', False), bool):
-            raise ValueError(f"{path}: entry {name!r} has alone={e['alone']!r}; alone (run by itself: it measures time) must be true or false")
+        for flag, what in (('alone', 'run by itself: it measures time'), ('optional', 'left out of a plain `ea-nb reproduce --scale cpu`')):
+            if not isinstance(e.get(flag, False), bool):
+                raise ValueError(f"{path}: entry {name!r} has {flag}={e[flag]!r}; {flag} ({what}) must be true or false")
         if not isinstance(e.get('seed_params', {}), dict):
             raise ValueError(f"{path}: entry {name!r} has seed_params={e['seed_params']!r}; seed_params (the extra seeds' parameters) must be a mapping, e.g. {{coefs: []}}")
         seeds = e.get('seeds', [])
@@ -227,15 +228,20 @@ def _previous_seconds(name:str, scale:str, runs_dir, seed) -> float:
     return 0.
 
 
+# %% ../nbs/04_cli.ipynb #0b7e1a52
+def experiments_to_run(m:dict, scale:str, only:list|None=None) -> list:
+    "The entries of manifest `m` that `ea-nb reproduce` runs: `only` if given, else all but (at cpu scale) the `optional` ones"
+    return list(only or [n for n in m if not (scale == 'cpu' and m[n].get('optional'))])
+
 # %% ../nbs/04_cli.ipynb #1435aa45
 def reproduce(scale:str='cpu', only:list|None=None, runs_dir=None, root=None, overrides:dict|None=None, log_output:bool=False,
               threads:int|None=None,   # CPU threads of every notebook (its `num_threads`/`threads` parameter)
               jobs:int=1) -> dict:     # runs at once (each its own kernel); entries marked `alone` (timings) run by themselves first
-    "Run the manifest's experiments at `scale` (at cpu scale also their extra `seeds`); return {name or name/seed<s>: metrics}, raising at the end if any failed"
+    "Run the manifest's experiments at `scale` (at cpu scale also their extra `seeds`, and not the `optional` ones unless named in `only`); return {name or name/seed<s>: metrics}, raising at the end if any failed"
     from concurrent.futures import ThreadPoolExecutor
     root = Path(root or project_root())
     m = full_configs(root) if scale == 'full' else load_manifest(root)
-    names = list(only or m)
+    names = experiments_to_run(m, scale, only)
     unknown = sorted(set(names) - set(m))
     if unknown: raise ValueError(f"unknown experiment(s) {unknown}; the manifest lists {sorted(m)}")
     if not isinstance(jobs, int) or jobs < 1: raise ValueError(f"jobs must be a whole number >= 1 (runs at once), got {jobs!r}")
@@ -394,8 +400,8 @@ def adopt_outputs(nb_path, executed_path) -> int:
 
 # %% ../nbs/04_cli.ipynb #ec1bb878
 def run_results(root=None, nb_name:str='90_results.ipynb') -> Path:
-    "Publish the cpu runs (figures to nbs/images/, outputs into the notebooks they ran), then execute the results notebook"
-    import papermill as pm, shutil
+    "Publish the cpu runs (figures to nbs/images/, outputs into the notebooks they ran), then execute the results notebook; a failure leaves the page as it was"
+    import papermill as pm, shutil, tempfile
     from nbdev.clean import nbdev_clean
     root = Path(root or project_root())
     for name, e in load_manifest(root).items():
@@ -408,7 +414,14 @@ def run_results(root=None, nb_name:str='90_results.ipynb') -> Path:
             adopt_outputs(root/'nbs'/e['notebook'], d/'output.ipynb'); nbdev_clean(str(root/'nbs'/e['notebook']))
     nb = root/'nbs'/nb_name
     if not nb.exists(): raise FileNotFoundError(f"{nb} is missing")
-    pm.execute_notebook(str(nb), str(nb), cwd=str(nb.parent), kernel_name='python3', progress_bar=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)/nb.name
+        try: pm.execute_notebook(str(nb), str(out), cwd=str(nb.parent), kernel_name='python3', progress_bar=False)
+        except pm.PapermillExecutionError as e:
+            kept = root/'runs'/f'{nb.stem}.failed.ipynb'; kept.parent.mkdir(exist_ok=True); shutil.copy(out, kept)
+            raise RunError(f"{nb.name} failed in cell {e.exec_count}: {e.ename}: {e.evalue}. The page was left as it was; "
+                           f"the executed notebook, with the failing cell marked, is {kept}") from None
+        shutil.copy(out, nb)
     adopt_outputs(nb, nb); nbdev_clean(str(nb))
     return nb
 

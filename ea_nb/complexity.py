@@ -83,12 +83,14 @@ def cost_table(modules:dict, shape) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index('module')
 
 # %% ../nbs/01_complexity.ipynb #767b00b5
-def sweep(builders:dict, channels:int, sizes, S:int=64, batch:int=1, repeats:int=5, device='cpu', num_threads:int=0) -> pd.DataFrame:
+def sweep(builders:dict, channels:int,
+          sizes,           # sides H of the maps: one list for every module, or {name: list} (a module's own range)
+          S:int=64, batch:int=1, repeats:int=5, device='cpu', num_threads:int=0) -> pd.DataFrame:
     "MACs, median forward time and saved-activation memory of each built module on (batch, channels, H, H), H in `sizes`"
     rows = []
     for name, build in builders.items():
         m = build(channels, S).to(device).eval()
-        for h in sizes:
+        for h in (sizes[name] if isinstance(sizes, dict) else sizes):
             x = torch.randn(batch, channels, h, h, device=device)
             rows.append(dict(module=name, H=h, N=h*h, MACs=count_macs(m, tuple(x.shape)),
                              time_s=time_forward(m, x, repeats, num_threads=num_threads), saved_bytes=saved_activation_bytes(m, x),

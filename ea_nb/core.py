@@ -6,11 +6,11 @@ Docs: https://ea-nb.github.io/ea-nb/core.html.md"""
 
 # %% auto #0
 __all__ = ['MIN_SEEDS', 'CONFIDENCE', 'EXACT_MAX', 'N_FLIPS', 'MATCH_MARGIN', 'MATCH_MARGIN_REL', 'CLAIMS', 'ALPHA', 'POWER',
-           'N_MAX', 'DIRECTIONS', 'OVERHEAD_MAX', 'atomic_write', 'json_text', 'save_json', 'load_json',
+           'N_MAX', 'DIRECTIONS', 'OVERHEAD_MAX', 'GROWTH_SPLIT', 'atomic_write', 'json_text', 'save_json', 'load_json',
            'write_metrics', 'torch_save_atomic', 'seed_everything', 'default_device', 'RunError', 'check_device',
            'count_params', 'check_sizes', 'check_fold', 'paired_diff', 'verdict', 'loglog_slope', 'paired_test',
            'binomial_test_var', 'gmean_ratio', 'ratio_words', 'exact_paired_counts', 'decide', 'holm', 'n_needed',
-           'n_needed_counts', 'exact_poly', 'poly_str', 'overhead_share', 'load_resnet_weights']
+           'n_needed_counts', 'exact_poly', 'poly_str', 'overhead_share', 'timing_verdict', 'load_resnet_weights']
 
 # %% ../nbs/00a_core.ipynb #1b72715c
 import json, math, os, random, tempfile
@@ -359,6 +359,21 @@ def overhead_share(N, t, terms=(1,)) -> dict:
     share = coef[0]/t
     return dict(a=float(coef[0]), b={int(e): float(c) for e, c in zip(terms, coef[1:])}, share=share.tolist(),
                 decidable=bool((np.abs(share) < OVERHEAD_MAX).all()))
+
+# %% ../nbs/00a_core.ipynb #5b1d2e91
+GROWTH_SPLIT = 1.5    # a time slope below this reads as linear growth (nearer 1), above it as quadratic (nearer 2)
+
+def timing_verdict(N, t,
+                   growth:str,       # the claimed law: 'at most linear' | 'faster than linear'
+                   terms=(1,)) -> dict:
+    "`overhead_share` of the timings and, where decidable, the log-log slope's 90 % interval against `GROWTH_SPLIT`"
+    if growth not in ('at most linear', 'faster than linear'):
+        raise ValueError(f"growth must be 'at most linear' or 'faster than linear', got {growth!r}")
+    o, s = overhead_share(N, t, terms), loglog_slope(N, t, confidence=1 - 2*ALPHA)
+    below, above = s['ci'][1] < GROWTH_SPLIT, s['ci'][0] > GROWTH_SPLIT
+    holds, fails = (below, above) if growth == 'at most linear' else (above, below)
+    verdict = 'inconclusive' if not o['decidable'] else 'supported' if holds else 'contradicted' if fails else 'inconclusive'
+    return dict(o, slope=s, verdict=verdict)
 
 # %% ../nbs/00a_core.ipynb #afe8bb71
 def _load_weights_file(path:Path):

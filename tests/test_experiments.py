@@ -29,3 +29,15 @@ def test_every_parameter_parses(name):
     assigned = [n.target.id if isinstance(n, ast.AnnAssign) else n.targets[0].id
                 for n in ast.parse(cell.source).body if isinstance(n, (ast.Assign, ast.AnnAssign))]
     assert sorted(pm.inspect_notebook(str(nb))) == sorted(assigned), f'{nb.name}: papermill cannot read some parameter lines'
+
+def test_optional_entries_outside_make_reproduce(tmp_path):
+    "An `optional` entry (ListOps) is left out of a plain cpu-scale reproduce, kept at the other scales and when named"
+    from ea_nb.cli import experiments_to_run
+    optional = [n for n, e in MANIFEST.items() if e.get('optional')]
+    assert 'listops' in optional
+    assert not set(optional) & set(experiments_to_run(MANIFEST, 'cpu'))
+    assert set(optional) <= set(experiments_to_run(MANIFEST, 'tiny'))
+    assert experiments_to_run(MANIFEST, 'cpu', ['listops']) == ['listops']
+    (tmp_path/'experiments').mkdir(); (tmp_path/'nbs').mkdir(); (tmp_path/'nbs'/'x.ipynb').write_text('{}')
+    (tmp_path/'experiments'/'manifest.yaml').write_text("x: {notebook: x.ipynb, tiny: {}, cpu: {}, full: {}, optional: 'yes'}\n")
+    with pytest.raises(ValueError, match="optional='yes'.*must be true or false"): load_manifest(tmp_path)
