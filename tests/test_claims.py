@@ -259,7 +259,7 @@ def test_timing_rows_report_the_overhead_share(row):
     shown = TABLE[row['id']]['estimate [90 % CI]']
     assert [int(x) for x in re.findall(r'(-?\d+)%', shown)] == shares, f"{row['id']}: page {shown}, overhead shares {shares} %"
     if max(map(abs, shares)) >= 10:
-        assert TABLE[row['id']]['verdict (raw)'] == 'not decidable: overhead > 10 %'; return
+        assert TABLE[row['id']]['verdict (raw)'] == 'not decidable: intercept ≥ 10 % of a point'; return
     f = stats.linregress(np.log(N), np.log(t))                          # the slope over the range, its 90 % interval
     half = stats.t.ppf(0.95, len(N) - 2)*f.stderr
     lo, hi = f.slope - half, f.slope + half

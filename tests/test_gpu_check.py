@@ -66,7 +66,7 @@ def test_failing_section_is_recorded_and_the_rest_runs(tmp_path, monkeypatch):
 def test_every_full_yaml_has_a_dry_run():
     "A new paper-scale yaml that the dry-run section cannot build fails here, not on the GPU"
     import yaml
-    skip = {'bench.yaml', 'manifest.yaml', 'paper.yaml'}
+    skip = {'bench.yaml', 'manifest.yaml', 'paper.yaml', 'claims.yaml'}   # not experiment configurations
     for f in sorted((ROOT/'experiments').glob('*.yaml')):
         if f.name not in skip: assert gc.dry_builder(yaml.safe_load(f.read_text())) is not None, f.name
 

@@ -765,6 +765,14 @@ def _dry_complexity(cfg, q):
         yield (f'complexity {name} {C}×{side}²', build, lambda d: (torch.randn(cfg['batch'], C, side, side, device=d),),
                lambda out: out.float().square().mean(), dict(bs=cfg['batch'], side=side))
 
+def _dry_listops(cfg, q):
+    from ea_nb.listops import ListOpsEncoder, VOCAB
+    L, bs = (64, 2) if q else (cfg['max_len'], cfg['bs'])
+    kw = dict(embed_dim=16, depth=1, num_heads=2, S=8) if q else dict(embed_dim=cfg['embed_dim'], depth=cfg['depth'], num_heads=cfg['num_heads'], S=cfg['S'])
+    for m in cfg['mixers'][-1:] if q else cfg['mixers']:
+        yield (f'ListOps encoder mixer={m}', lambda m=m: ListOpsEncoder(m, mlp_ratio=cfg['mlp_ratio'], coef=cfg['coef'], max_len=L, **kw),
+               lambda d: (torch.randint(1, len(VOCAB), (bs, L), device=d),), lambda out: out.float().square().mean(), dict(bs=bs, length=L))
+
 def dry_builder(cfg:dict):
     "The dry-run recipe for one experiments/*.yaml, from the keys it holds (None: not a run configuration)"
     if not isinstance(cfg, dict): return None
@@ -774,6 +782,7 @@ def dry_builder(cfg:dict):
     if 'num_points' in cfg: return _dry_pct
     if 'arch' in cfg: return _dry_detection
     if 'sizes' in cfg and 'channels' in cfg: return _dry_complexity
+    if 'cost_lengths' in cfg: return _dry_listops
     return None
 
 @section('dryrun', 70, 50)
