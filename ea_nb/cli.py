@@ -401,7 +401,7 @@ def adopt_outputs(nb_path, executed_path) -> int:
 # %% ../nbs/04_cli.ipynb #ec1bb878
 def run_results(root=None, nb_name:str='90_results.ipynb') -> Path:
     "Publish the cpu runs (figures to nbs/images/, outputs into the notebooks they ran), then execute the results notebook; a failure leaves the page as it was"
-    import papermill as pm, shutil, tempfile
+    import papermill as pm, shutil
     from nbdev.clean import nbdev_clean
     root = Path(root or project_root())
     for name, e in load_manifest(root).items():

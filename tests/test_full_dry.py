@@ -146,8 +146,8 @@ def test_full_config_dry_run(name, tmp_path, weight_file):
         length = next(k for k in LENGTH_KEYS if k in cfg)
         done = lambda ck: ck['step'] if length == 'iterations' else ck['epoch']
         mixer = (ov.get('mixers') or cfg.get('mixers') or [ps['mixer'].default])[-1]
-        arm_sets = {k: v for k, v in ov.items() if k in ps} | dict(mixer=mixer, progress=False)
-        if 'device' in cfg and 'device' not in ps: arm_sets['device'] = 'cpu'   # the file's device (cuda) is honoured: this is the CPU dry run
+        # the task's settings and the manifest's dry `device` (the file's cuda is honoured by ea-nb train, as by the notebook)
+        arm_sets = {k: v for k, v in ov.items() if k in ps or k == 'device'} | dict(mixer=mixer, progress=False)
         arm = out/entry['arm'].format(**{k: p.default for k, p in ps.items()} | cfg | ov | dict(mixer=mixer))   # where the notebook wrote it
         last = torch.load(arm/'ckpt'/'last.pt', map_location='cpu', weights_only=True)
         t0 = time.perf_counter()

@@ -760,9 +760,11 @@ def _dry_detection(cfg, q):
 
 def _dry_complexity(cfg, q):
     from ea_nb.attention import ExternalAttention2d, SelfAttention2d
-    C, side = (16, 8) if q else (cfg['channels'], max(cfg['sizes']))
-    for name, build in (('EA block (ExternalAttention2d)', lambda: ExternalAttention2d(C, S=cfg['S'])), ('SA block (SelfAttention2d)', lambda: SelfAttention2d(C))):
-        yield (f'complexity {name} {C}×{side}²', build, lambda d: (torch.randn(cfg['batch'], C, side, side, device=d),),
+    C = 16 if q else cfg['channels']
+    ea_side, sa_side = (8, 8) if q else (max(cfg['ea_sizes']), max(cfg['sizes']))   # each module's largest map
+    for name, build, side in (('EA block (ExternalAttention2d)', lambda: ExternalAttention2d(C, S=cfg['S']), ea_side),
+                              ('SA block (SelfAttention2d)', lambda: SelfAttention2d(C), sa_side)):
+        yield (f'complexity {name} {C}×{side}²', build, lambda d, side=side: (torch.randn(cfg['batch'], C, side, side, device=d),),
                lambda out: out.float().square().mean(), dict(bs=cfg['batch'], side=side))
 
 def _dry_listops(cfg, q):
